@@ -1,0 +1,25 @@
+"""ResNet18 (CIFAR stem, 1 input channel) on Fashion-MNIST — the CPU stand-in for the paper's ResNet18/CIFAR-10.
+
+Width 0.125 (stream widths 8/16/32/64) is the widest whose training fits ~45 min on a 2-core CPU; use
+``--config.model.width=1.0`` on a GPU for the full-width model.
+
+    jaxfold data fetch fashion_mnist
+    jaxfold train --config configs/resnet18_fmnist.py --workdir workdirs/resnet18_fmnist
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = dict(name="resnet18", stem="cifar", in_channels=1, num_classes=10, width=0.125, image_size=28)
+    c.data = dict(name="fashion_mnist", path="", crop_padding=2, hflip=True)
+    c.train = dict(epochs=25, batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
+                   warmup_epochs=0.0, seed=0, eval_every=1, eval_batch_size=500)
+    if arg == "full":  # the paper-width model, for a GPU
+        c.model.width = 1.0
+        c.train.epochs = 60
+    if arg == "tiny":  # seconds-long smoke run for tests
+        c.model.width = 0.0625
+        c.train.epochs = 1
+    return c

@@ -1,0 +1,102 @@
+"""The ``jaxfold`` command: parses arguments, then calls the library. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def _split_overrides(extra: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
+    bad = [a for a in extra if not a.startswith("--config.")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)} (config overrides look like --config.train.epochs=3)")
+    return list(extra)
+
+
+def _cmd_data_fetch(args: argparse.Namespace) -> int:
+    from jaxfold.data import fetch
+
+    for name in args.names:
+        path = fetch.fetch(name, source=args.source, force=args.force)
+        print(f"{name}: verified in {path}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jaxfold import config as config_lib
+    from jaxfold.train import train
+
+    config = config_lib.load_with_overrides(args.config, overrides)
+    metrics = train(config, args.workdir)
+    print(json.dumps({"test_accuracy": metrics["accuracy"], "test_loss": metrics["loss"], "workdir": args.workdir}))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from jaxfold.data import images
+    from jaxfold.eval.classification import evaluate, inference_fn
+    from jaxfold.io import checkpoint
+
+    variables, model_cfg, _ = checkpoint.restore(args.checkpoint)
+    data = images.load(args.data, args.data_path or None)
+    metrics = evaluate(inference_fn(model_cfg.module()), variables, data.test_images, data.test_labels,
+                       mean=data.mean, std=data.std)
+    print(json.dumps({**metrics, "params": model_cfg.param_count()}))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from jaxfold import bench
+
+    return bench.main(args.what, args.extra)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jaxfold", description="Data-free model folding in JAX/Flax.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="fetch and verify datasets").add_subparsers(dest="data_command", required=True)
+    fetch = data.add_parser("fetch", help="fetch datasets into $JAXFOLD_DATA (default ~/.cache/jaxfold)")
+    fetch.add_argument("names", nargs="+", help="mnist, fashion_mnist")
+    fetch.add_argument("--from", dest="source", default=None, help="directory holding the IDX files instead")
+    fetch.add_argument("--force", action="store_true", help="fetch again even if cached")
+
+    train = sub.add_parser("train", help="train a model from a config; --config.x=v overrides fields")
+    train.add_argument("--config", required=True, help="configs/<name>.py[:arg]")
+    train.add_argument("--workdir", required=True)
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint's test accuracy")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--data", required=True, help="dataset name (fashion_mnist, mnist, cifar10, …)")
+    ev.add_argument("--data-path", default="")
+
+    bench = sub.add_parser("bench", help="benchmarks (see docs/benchmarks.md)")
+    bench.add_argument("what", choices=["train"])
+    bench.add_argument("extra", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    try:
+        if args.command == "train":
+            return _cmd_train(args, _split_overrides(extra, parser))
+        if extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if args.command == "data":
+            return _cmd_data_fetch(args)
+        if args.command == "eval":
+            return _cmd_eval(args)
+        if args.command == "bench":
+            return _cmd_bench(args)
+    except (ValueError, KeyError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
+        print(f"jaxfold {args.command}: error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

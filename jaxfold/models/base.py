@@ -1,0 +1,108 @@
+"""What every model config shares: JSON round trip, a registry by architecture name, shared layer defaults.
+
+A model is described completely by a frozen dataclass whose fields include every foldable width, so a folded
+model is *rebuilt* from a config with new widths (``dataclasses.replace``), never patched in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from typing import Any, ClassVar
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# PyTorch defaults, so imported weights behave identically (Flax momentum 0.9 ≙ torch momentum 0.1).
+BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision's kaiming_normal_(fan_out)
+
+_REGISTRY: dict[str, type[ModelConfig]] = {}
+
+
+def register(cls: type[ModelConfig]) -> type[ModelConfig]:
+    _REGISTRY[cls.arch] = cls
+    return cls
+
+
+def _tuplify(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return tuple(_tuplify(v) for v in value)
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Base class: subclasses set ``arch`` and implement ``module``, ``param_count`` and ``input_shape``."""
+
+    arch: ClassVar[str] = ""
+
+    def module(self) -> nn.Module:
+        raise NotImplementedError
+
+    def param_count(self) -> int:
+        """Analytic number of trainable scalars (weights, biases, BN scale/bias; no running stats)."""
+        raise NotImplementedError
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example (no batch axis)."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["arch"] = self.arch
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **{k: _tuplify(v) for k, v in changes.items()})
+
+    def init(self, key: jax.Array, batch_size: int = 1) -> dict[str, Any]:
+        """Randomly initialised variables ``{'params': …, 'batch_stats': …}`` as plain dicts."""
+        x = jnp.zeros((batch_size, *self.input_shape), jnp.float32)
+        variables = self.module().init({"params": key, "dropout": key}, x, train=False)
+        return jax.tree.map(lambda a: a, dict(variables))
+
+    def abstract_variables(self) -> dict[str, Any]:
+        """Shapes/dtypes of the variables without allocating them (``jax.eval_shape``)."""
+        return jax.eval_shape(lambda k: self.init(k), jax.random.key(0))
+
+
+def config_from_dict(d: dict[str, Any]) -> ModelConfig:
+    """Rebuild a config from :meth:`ModelConfig.to_dict` output; unknown arch or fields fail with the valid ones."""
+    d = dict(d)
+    arch = d.pop("arch", None)
+    if arch not in _REGISTRY:
+        raise ValueError(f"unknown model arch {arch!r}; known: {sorted(_REGISTRY)}")
+    cls = _REGISTRY[arch]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+        raise ValueError(f"{arch} config has unknown fields {unknown}; valid fields: {sorted(fields)}")
+    return cls(**{k: _tuplify(v) for k, v in d.items()})
+
+
+def known_archs() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def scale(width: int, multiplier: float) -> int:
+    """Width after a multiplier, at least 1 (used for quick CPU variants)."""
+    return max(1, round(width * multiplier))
+
+
+def conv_params(cin: int, cout: int, k: int, bias: bool) -> int:
+    return cin * cout * k * k + (cout if bias else 0)
+
+
+def dense_params(cin: int, cout: int, bias: bool = True) -> int:
+    return cin * cout + (cout if bias else 0)
+
+
+def bn_params(c: int) -> int:
+    return 2 * c

@@ -1,0 +1,69 @@
+"""LeNet-5 (the paper's edge-device model on Fashion-MNIST): two 5×5 convs with max-pools, three Linears.
+
+28×28 inputs pad the first conv by 2 (classic LeNet on MNIST), 32×32 inputs use none; both give 5×5×c2 maps.
+Foldable widths: ``conv_widths`` (2) and ``fc_widths`` (2 hidden Linears).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxfold.models.base import ModelConfig, conv_params, dense_params, register
+from jaxfold.models.base import scale as scale_width
+
+
+@dataclasses.dataclass(frozen=True)
+class LeNetConfig(ModelConfig):
+    arch = "lenet"
+
+    in_channels: int = 1
+    num_classes: int = 10
+    image_size: int = 28
+    conv_widths: tuple[int, int] = (6, 16)
+    fc_widths: tuple[int, int] = (120, 84)
+
+    def __post_init__(self) -> None:
+        if self.image_size not in (28, 32):
+            raise ValueError(f"LeNet5 takes 28×28 or 32×32 inputs, got image_size={self.image_size}")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.image_size, self.image_size, self.in_channels)
+
+    def module(self) -> nn.Module:
+        return LeNet5(self)
+
+    def param_count(self) -> int:
+        c1, c2 = self.conv_widths
+        f1, f2 = self.fc_widths
+        return (conv_params(self.in_channels, c1, 5, True) + conv_params(c1, c2, 5, True)
+                + dense_params(c2 * 25, f1) + dense_params(f1, f2) + dense_params(f2, self.num_classes))
+
+
+def lenet5(in_channels: int = 1, num_classes: int = 10, width: float = 1.0, image_size: int = 28) -> LeNetConfig:
+    return LeNetConfig(in_channels=in_channels, num_classes=num_classes, image_size=image_size,
+                       conv_widths=(scale_width(6, width), scale_width(16, width)),
+                       fc_widths=(scale_width(120, width), scale_width(84, width)))
+
+
+register(LeNetConfig)
+
+
+class LeNet5(nn.Module):
+    config: LeNetConfig
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        cfg = self.config
+        pad = (32 - cfg.image_size) // 2
+        x = nn.relu(nn.Conv(cfg.conv_widths[0], (5, 5), padding=((pad, pad), (pad, pad)), name="conv1")(x))
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = nn.relu(nn.Conv(cfg.conv_widths[1], (5, 5), padding="VALID", name="conv2")(x))
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(cfg.fc_widths[0], name="fc1")(x))
+        x = nn.relu(nn.Dense(cfg.fc_widths[1], name="fc2")(x))
+        return nn.Dense(cfg.num_classes, name="fc3")(x)

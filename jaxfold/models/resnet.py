@@ -1,0 +1,180 @@
+"""ResNet18/50 with a CIFAR stem (3×3 conv, no max-pool — the paper's variant) or the ImageNet stem.
+
+Every foldable width is a config field: ``stem_width``, one ``stream_widths`` entry per stage (the residual
+stream that every block of the stage reads and writes) and ``inner_widths`` per block (1 for a basic block, 2 for
+a bottleneck). Which blocks carry a projection shortcut is fixed structure (``projections``), decided once from
+the dense architecture, so folding that happens to equalise two widths never changes the graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxfold.models.base import BatchNorm, ModelConfig, bn_params, conv_init, conv_params, dense_params, register
+from jaxfold.models.base import scale as scale_width
+
+_STAGE_PLANES = (64, 128, 256, 512)
+_EXPANSION = {"basic": 1, "bottleneck": 4}
+
+
+def _pad(k: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    # Symmetric padding as in PyTorch; Flax's "SAME" pads stride-2 convs asymmetrically, which breaks parity.
+    return ((k // 2, k // 2), (k // 2, k // 2))
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNetConfig(ModelConfig):
+    arch = "resnet"
+
+    block: str = "basic"  # "basic" (ResNet18/34) or "bottleneck" (ResNet50+)
+    layers: tuple[int, ...] = (2, 2, 2, 2)
+    stem: str = "cifar"  # "cifar": 3×3 s1, no max-pool; "imagenet": 7×7 s2 + 3×3 max-pool
+    in_channels: int = 3
+    num_classes: int = 10
+    image_size: int = 32
+    stem_width: int = 64
+    stream_widths: tuple[int, ...] = (64, 128, 256, 512)
+    inner_widths: tuple[tuple[int, ...], ...] = ((64,), (64,), (128,), (128,), (256,), (256,), (512,), (512,))
+    projections: tuple[bool, ...] = (False, False, True, False, True, False, True, False)
+
+    def __post_init__(self) -> None:
+        if self.block not in _EXPANSION:
+            raise ValueError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
+        if self.stem not in ("cifar", "imagenet"):
+            raise ValueError(f"stem must be 'cifar' or 'imagenet', got {self.stem!r}")
+        n_blocks = sum(self.layers)
+        n_inner = 1 if self.block == "basic" else 2
+        if len(self.stream_widths) != len(self.layers):
+            raise ValueError(f"stream_widths needs {len(self.layers)} entries (one per stage), "
+                             f"got {self.stream_widths}")
+        if len(self.inner_widths) != n_blocks or any(len(w) != n_inner for w in self.inner_widths):
+            raise ValueError(f"inner_widths needs {n_blocks} tuples of {n_inner} widths, got {self.inner_widths}")
+        if len(self.projections) != n_blocks:
+            raise ValueError(f"projections needs {n_blocks} booleans, got {self.projections}")
+        for (cin, cout, _, proj), name in zip(self._block_io(), self.block_names(), strict=True):
+            if not proj and cin != cout:
+                raise ValueError(f"{name} has an identity shortcut but input width {cin} != output width {cout}")
+
+    def block_names(self) -> list[str]:
+        return [f"layer{s + 1}_{b}" for s, n in enumerate(self.layers) for b in range(n)]
+
+    def _block_io(self) -> list[tuple[int, int, int, bool]]:
+        """(input width, output width, stride, projection) per block."""
+        out, cin, i = [], self.stem_width, 0
+        for s, n in enumerate(self.layers):
+            for b in range(n):
+                stride = 2 if (s > 0 and b == 0) else 1
+                out.append((cin, self.stream_widths[s], stride, self.projections[i]))
+                cin, i = self.stream_widths[s], i + 1
+        return out
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.image_size, self.image_size, self.in_channels)
+
+    def module(self) -> nn.Module:
+        return ResNet(self)
+
+    def param_count(self) -> int:
+        k = 3 if self.stem == "cifar" else 7
+        total = conv_params(self.in_channels, self.stem_width, k, False) + bn_params(self.stem_width)
+        for (cin, cout, _, proj), inner in zip(self._block_io(), self.inner_widths, strict=True):
+            if self.block == "basic":
+                (w,) = inner
+                total += conv_params(cin, w, 3, False) + bn_params(w) + conv_params(w, cout, 3, False) + bn_params(cout)
+            else:
+                w1, w2 = inner
+                total += conv_params(cin, w1, 1, False) + bn_params(w1)
+                total += conv_params(w1, w2, 3, False) + bn_params(w2)
+                total += conv_params(w2, cout, 1, False) + bn_params(cout)
+            if proj:
+                total += conv_params(cin, cout, 1, False) + bn_params(cout)
+        return total + dense_params(self.stream_widths[-1], self.num_classes)
+
+
+def _make(block: str, layers: Sequence[int], stem: str, in_channels: int, num_classes: int, width: float,
+          image_size: int | None) -> ResNetConfig:
+    exp = _EXPANSION[block]
+    planes = [scale_width(p, width) for p in _STAGE_PLANES]
+    stem_width = scale_width(64, width)
+    streams = tuple(p * exp for p in planes)
+    inner, proj, cin = [], [], stem_width
+    for s, n in enumerate(layers):
+        for b in range(n):
+            stride = 2 if (s > 0 and b == 0) else 1
+            inner.append((planes[s],) if block == "basic" else (planes[s], planes[s]))
+            proj.append(stride != 1 or cin != streams[s])  # torchvision/kuangliu rule, evaluated once, densely
+            cin = streams[s]
+    return ResNetConfig(block=block, layers=tuple(layers), stem=stem, in_channels=in_channels,
+                        num_classes=num_classes, image_size=image_size or (32 if stem == "cifar" else 224),
+                        stem_width=stem_width, stream_widths=streams, inner_widths=tuple(inner),
+                        projections=tuple(proj))
+
+
+def resnet18(stem: str = "cifar", in_channels: int = 3, num_classes: int = 10, width: float = 1.0,
+             image_size: int | None = None) -> ResNetConfig:
+    return _make("basic", (2, 2, 2, 2), stem, in_channels, num_classes, width, image_size)
+
+
+def resnet50(stem: str = "cifar", in_channels: int = 3, num_classes: int = 10, width: float = 1.0,
+             image_size: int | None = None) -> ResNetConfig:
+    return _make("bottleneck", (3, 4, 6, 3), stem, in_channels, num_classes, width, image_size)
+
+
+register(ResNetConfig)
+
+
+class Block(nn.Module):
+    """Basic (two 3×3) or bottleneck (1×1, 3×3, 1×1) residual block; torchvision v1.5 stride placement."""
+
+    kind: str
+    inner: tuple[int, ...]
+    out_width: int
+    stride: int
+    projection: bool
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool) -> jnp.ndarray:
+        bn = lambda name: BatchNorm(use_running_average=not train, name=name)
+        if self.kind == "basic":
+            convs = [(self.inner[0], 3, self.stride), (self.out_width, 3, 1)]
+        else:
+            convs = [(self.inner[0], 1, 1), (self.inner[1], 3, self.stride), (self.out_width, 1, 1)]
+        y = x
+        for i, (width, k, stride) in enumerate(convs, start=1):
+            y = nn.Conv(width, (k, k), (stride, stride), padding=_pad(k), use_bias=False, kernel_init=conv_init,
+                        name=f"conv{i}")(y)
+            y = bn(f"bn{i}")(y)
+            if i < len(convs):
+                y = nn.relu(y)
+        if self.projection:
+            x = nn.Conv(self.out_width, (1, 1), (self.stride, self.stride), padding="VALID", use_bias=False,
+                        kernel_init=conv_init, name="shortcut_conv")(x)
+            x = bn("shortcut_bn")(x)
+        return nn.relu(y + x)
+
+
+class ResNet(nn.Module):
+    config: ResNetConfig
+
+    @nn.compact
+    def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+        cfg = self.config
+        if cfg.stem == "cifar":
+            x = nn.Conv(cfg.stem_width, (3, 3), padding=_pad(3), use_bias=False, kernel_init=conv_init,
+                        name="conv1")(x)
+        else:
+            x = nn.Conv(cfg.stem_width, (7, 7), (2, 2), padding=_pad(7), use_bias=False, kernel_init=conv_init,
+                        name="conv1")(x)
+        x = nn.relu(BatchNorm(use_running_average=not train, name="bn1")(x))
+        if cfg.stem == "imagenet":
+            x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+        for name, (_, cout, stride, proj), inner in zip(cfg.block_names(), cfg._block_io(), cfg.inner_widths,
+                                                        strict=True):
+            x = Block(cfg.block, tuple(inner), cout, stride, proj, name=name)(x, train)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(cfg.num_classes, name="fc")(x)

@@ -1,0 +1,44 @@
+"""Every config loads and builds its model; overrides are checked against existing fields and types."""
+
+from pathlib import Path
+
+import pytest
+
+from jaxfold import config as config_lib
+from jaxfold.train import model_config
+
+CONFIGS = sorted(str(p) for p in (Path(__file__).parent.parent / "configs").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: Path(p).stem)
+def test_every_config_loads_and_builds(path):
+    config = config_lib.load(path)
+    doc = Path(path).read_text().split('"""')[1]
+    assert f"--config {Path(path).relative_to(Path(path).parent.parent)}" in doc  # docstring holds the launch command
+    cfg = model_config(config)
+    assert cfg.param_count() > 0
+
+
+def test_config_arg_and_overrides():
+    path = "configs/resnet18_fmnist.py"
+    full = config_lib.load(f"{path}:full")
+    assert full.model.width == 1.0
+    c = config_lib.load_with_overrides(path, ["--config.train.epochs=3", "--config.model.width=0.5",
+                                              "--config.data.name=mnist", "--config.train.lr=1"])
+    assert c.train.epochs == 3 and c.model.width == 0.5 and c.data.name == "mnist"
+    assert isinstance(c.train.lr, float)
+    assert config_lib.load(path).train.epochs != 3  # the file is untouched
+
+
+def test_bad_overrides_fail_with_valid_keys():
+    path = "configs/resnet18_fmnist.py"
+    with pytest.raises(KeyError, match=r"unknown config key 'train.epoch'; valid keys: .*train\.epochs"):
+        config_lib.load_with_overrides(path, ["--config.train.epoch=3"])
+    with pytest.raises(ValueError, match="expects a int"):
+        config_lib.load_with_overrides(path, ["--config.train.epochs=three"])
+    with pytest.raises(KeyError, match="is a section"):
+        config_lib.load_with_overrides(path, ["--config.train=3"])
+    with pytest.raises(ValueError, match="must look like"):
+        config_lib.load_with_overrides(path, ["--config.train.epochs"])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        config_lib.load("configs/nope.py")
