@@ -34,6 +34,19 @@ def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _cmd_import_torch(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jaxfold import config as config_lib
+    from jaxfold.io import checkpoint
+    from jaxfold.io.torch_import import load_torch_file
+    from jaxfold.train import model_config
+
+    model_cfg = model_config(config_lib.load_with_overrides(args.config, overrides))
+    variables = load_torch_file(args.state_dict, model_cfg, naming=args.naming)
+    checkpoint.save(args.out, variables, model_cfg, metadata={"imported_from": str(args.state_dict)})
+    print(json.dumps({"checkpoint": args.out, "params": model_cfg.param_count()}))
+    return 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from jaxfold.data import images
     from jaxfold.eval.classification import evaluate, inference_fn
@@ -67,12 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="configs/<name>.py[:arg]")
     train.add_argument("--workdir", required=True)
 
+    imp = sub.add_parser("import", help="import weights from another framework into a jaxfold checkpoint")
+    imp.add_argument("source", choices=["torch"], help="torch: a torch.save()d state dict")
+    imp.add_argument("--config", required=True, help="config whose model matches the weights (--config.x=v ok)")
+    imp.add_argument("--state-dict", required=True, help="file written by torch.save(model.state_dict(), …)")
+    imp.add_argument("--out", required=True, help="checkpoint directory to write")
+    imp.add_argument("--naming", default=None, choices=["torchvision", "kuangliu"],
+                     help="ResNet key naming (default: detected)")
+
     ev = sub.add_parser("eval", help="evaluate a checkpoint's test accuracy")
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--data", required=True, help="dataset name (fashion_mnist, mnist, cifar10, …)")
     ev.add_argument("--data-path", default="")
 
-    bench = sub.add_parser("bench", help="benchmarks (see docs/benchmarks.md)")
+    bench = sub.add_parser("bench", help="benchmarks (results and protocol: docs/benchmarks.md)")
     bench.add_argument("what", choices=["train"])
     bench.add_argument("extra", nargs=argparse.REMAINDER)
     return p
@@ -84,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _cmd_train(args, _split_overrides(extra, parser))
+        if args.command == "import":
+            return _cmd_import_torch(args, _split_overrides(extra, parser))
         if extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if args.command == "data":

@@ -300,3 +300,21 @@ def test_unsupported_model_and_bad_file(tmp_path):
     torch.save(torch.zeros(2), path)
     with pytest.raises(ValueError, match="not a state dict"):
         load_torch_file(path, models.build("resnet18"))
+
+
+def test_cli_import_torch_writes_restorable_checkpoint(tmp_path):
+    """`jaxfold import torch` turns a kuangliu state dict into a checkpoint whose logits match torch."""
+    from jaxfold import cli
+    from jaxfold.io import checkpoint
+
+    torch.manual_seed(5)
+    cfg = models.build("resnet18", stem="cifar", in_channels=3, num_classes=10, width=0.125, image_size=32)
+    model = _randomise(KLResNet18(_stage_planes(cfg), cfg.num_classes), cfg.image_size)
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    code = cli.main(["import", "torch", "--config", "configs/resnet18_fmnist.py", "--state-dict",
+                     str(tmp_path / "model.pt"), "--out", str(tmp_path / "ck"),
+                     "--config.model.in_channels=3", "--config.model.image_size=32"])
+    assert code == 0
+    variables, restored_cfg, meta = checkpoint.restore(tmp_path / "ck")
+    assert restored_cfg == cfg and meta["imported_from"].endswith("model.pt")
+    _assert_parity(model, cfg, variables)

@@ -9,11 +9,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from jaxfold.spec import FoldSpec
 
 # PyTorch defaults, so imported weights behave identically (Flax momentum 0.9 ≙ torch momentum 0.1).
 BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
@@ -50,6 +53,25 @@ class ModelConfig:
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one example (no batch axis)."""
         raise NotImplementedError
+
+    def fold_spec(self) -> FoldSpec:
+        """The architecture's fold spec (groups of jointly folded axes; see :mod:`jaxfold.spec`)."""
+        raise NotImplementedError
+
+    def with_widths(self, widths: Mapping[str, int]) -> ModelConfig:
+        """The config of the same architecture with the given group widths (e.g. a fold's new widths)."""
+        spec = self.fold_spec()
+        d = json.loads(self.to_json())
+        for name, width in widths.items():
+            group = spec.group(name)
+            if not group.config_fields:
+                raise ValueError(f"group {name!r} maps to no config field")
+            for ref in group.config_fields:
+                node = d
+                for key in ref[:-1]:
+                    node = node[key]
+                node[ref[-1]] = int(width)
+        return config_from_dict(d)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

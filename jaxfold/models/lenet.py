@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from jaxfold.models.base import ModelConfig, conv_params, dense_params, register
 from jaxfold.models.base import scale as scale_width
+from jaxfold.spec import FoldSpec, Group, conv_in, conv_out, conv_window, dense_in, dense_out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,17 @@ class LeNetConfig(ModelConfig):
 
     def module(self) -> nn.Module:
         return LeNet5(self)
+
+    def fold_spec(self) -> FoldSpec:
+        """conv2's channels reach fc1 at 5×5 positions of the NHWC flatten (interleaved, channel fastest)."""
+        groups = (
+            Group("conv1", tuple(conv_out("conv1", bias=True) + conv_in("conv2")), (("conv_widths", 0),)),
+            Group("conv2", tuple(conv_out("conv2", bias=True) + dense_in("fc1", repeat=25)), (("conv_widths", 1),)),
+            Group("fc1", tuple(dense_out("fc1") + dense_in("fc2")), (("fc_widths", 0),)),
+            Group("fc2", tuple(dense_out("fc2") + dense_in("fc3")), (("fc_widths", 1),)),
+        )
+        unfoldable = [("params/conv1/kernel", 2), ("params/fc3/kernel", 1), ("params/fc3/bias", 0)]
+        return FoldSpec(groups, tuple(unfoldable + conv_window("conv1") + conv_window("conv2")))
 
     def param_count(self) -> int:
         c1, c2 = self.conv_widths

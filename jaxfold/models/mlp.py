@@ -12,6 +12,7 @@ import jax.numpy as jnp
 
 from jaxfold.models.base import BatchNorm, ModelConfig, bn_params, dense_params, register
 from jaxfold.models.base import scale as scale_width
+from jaxfold.spec import FoldSpec, Group, batchnorm, dense_in, dense_out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +30,14 @@ class MLPConfig(ModelConfig):
 
     def module(self) -> nn.Module:
         return MLP(self)
+
+    def fold_spec(self) -> FoldSpec:
+        n = len(self.hidden_widths)
+        names = [f"fc{i}" for i in range(n)] + ["classifier"]
+        groups = tuple(Group(f"hidden{i}", tuple(dense_out(names[i]) + batchnorm(f"bn{i}") + dense_in(names[i + 1])),
+                             (("hidden_widths", i),)) for i in range(n))
+        return FoldSpec(groups, (("params/fc0/kernel", 0), ("params/classifier/kernel", 1),
+                                 ("params/classifier/bias", 0)))
 
     def param_count(self) -> int:
         total, cin = 0, self.image_size**2 * self.in_channels

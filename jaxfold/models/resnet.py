@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from jaxfold.models.base import BatchNorm, ModelConfig, bn_params, conv_init, conv_params, dense_params, register
 from jaxfold.models.base import scale as scale_width
+from jaxfold.spec import FoldSpec, Group, Member, batchnorm, conv_in, conv_out, conv_window, dense_in
 
 _STAGE_PLANES = (64, 128, 256, 512)
 _EXPANSION = {"basic": 1, "bottleneck": 4}
@@ -78,6 +79,9 @@ class ResNetConfig(ModelConfig):
 
     def module(self) -> nn.Module:
         return ResNet(self)
+
+    def fold_spec(self) -> FoldSpec:
+        return fold_spec(self)
 
     def param_count(self) -> int:
         k = 3 if self.stem == "cifar" else 7
@@ -178,3 +182,55 @@ class ResNet(nn.Module):
             x = Block(cfg.block, tuple(inner), cout, stride, proj, name=name)(x, train)
         x = jnp.mean(x, axis=(1, 2))
         return nn.Dense(cfg.num_classes, name="fc")(x)
+
+
+def fold_spec(cfg: ResNetConfig) -> FoldSpec:
+    """One group per residual stream (every tensor reading or writing it) and per block-internal width.
+
+    For ResNet18 that is 12 groups: 4 streams (the stem joins stream 1 through layer1_0's identity shortcut) and
+    8 inner widths. A stream that a block reads through a projection shortcut stays separate from its output.
+    """
+    members: dict[str, list[Member]] = {}
+    fields: dict[str, list[tuple]] = {}
+    alias: dict[str, str] = {}
+
+    def resolve(name: str) -> str:
+        while name in alias:
+            name = alias[name]
+        return name
+
+    def add(group: str, items: list[Member], field: tuple | None = None) -> None:
+        group = resolve(group)
+        members.setdefault(group, []).extend(items)
+        if field is not None:
+            fields.setdefault(group, []).append(field)
+
+    unfoldable = [("params/conv1/kernel", 0), ("params/conv1/kernel", 1), ("params/conv1/kernel", 2),
+                  ("params/fc/kernel", 1), ("params/fc/bias", 0)]
+    # the stem's output joins stream 1 when the first block has an identity shortcut
+    if not cfg.projections[0]:
+        alias["stem"] = "stream1"
+    add("stem", conv_out("conv1") + batchnorm("bn1"), ("stem_width",))
+    current = "stem"
+    n_convs = 2 if cfg.block == "basic" else 3
+    stage_of = [s for s, n in enumerate(cfg.layers) for _ in range(n)]
+    for i, (name, proj) in enumerate(zip(cfg.block_names(), cfg.projections, strict=True)):
+        stream = f"stream{stage_of[i] + 1}"
+        if not proj and resolve(current) != resolve(stream):
+            alias[resolve(stream)] = resolve(current)  # identity shortcut: input and output are one stream
+        add(current, conv_in(f"{name}/conv1"))
+        for j in range(1, n_convs):
+            add(f"{name}.inner{j}", conv_out(f"{name}/conv{j}") + batchnorm(f"{name}/bn{j}") +
+                conv_in(f"{name}/conv{j + 1}"), ("inner_widths", i, j - 1))
+        add(stream, conv_out(f"{name}/conv{n_convs}") + batchnorm(f"{name}/bn{n_convs}"))
+        if proj:
+            add(current, conv_in(f"{name}/shortcut_conv"))
+            add(stream, conv_out(f"{name}/shortcut_conv") + batchnorm(f"{name}/shortcut_bn"))
+            unfoldable += conv_window(f"{name}/shortcut_conv")
+        if i == 0 or stage_of[i] != stage_of[i - 1]:
+            add(stream, [], ("stream_widths", stage_of[i]))
+        unfoldable += [w for j in range(1, n_convs + 1) for w in conv_window(f"{name}/conv{j}")]
+        current = stream
+    add(current, dense_in("fc"))
+    groups = tuple(Group(g, tuple(m), tuple(fields.get(g, ()))) for g, m in members.items() if m)
+    return FoldSpec(groups, tuple(unfoldable))

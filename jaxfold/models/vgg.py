@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from jaxfold.models.base import BatchNorm, ModelConfig, bn_params, conv_init, conv_params, dense_params, register
 from jaxfold.models.base import scale as scale_width
+from jaxfold.spec import FoldSpec, Group, batchnorm, conv_in, conv_out, conv_window, dense_in, dense_out
 
 VGG11_LAYOUT = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
@@ -59,6 +60,22 @@ class VGGConfig(ModelConfig):
 
     def module(self) -> nn.Module:
         return VGG(self)
+
+    def fold_spec(self) -> FoldSpec:
+        """One group per conv and per hidden Linear. The last conv's consumer is the first Linear, which reads
+        channel c at every one of the pool_size² positions of the NHWC flatten (interleaved, channel fastest)."""
+        groups, unfoldable = [], [("params/features_0/kernel", 2)]
+        n_conv, n_fc = len(self.conv_widths), len(self.classifier_widths)
+        for i in range(n_conv):
+            consumer = conv_in(f"features_{i + 1}") if i + 1 < n_conv else dense_in("classifier_0", self.pool_size**2)
+            groups.append(Group(f"conv{i}", tuple(conv_out(f"features_{i}", bias=True) + batchnorm(f"bn_{i}")
+                                                  + consumer), (("conv_widths", i),)))
+            unfoldable += conv_window(f"features_{i}")
+        for j in range(n_fc):
+            groups.append(Group(f"fc{j}", tuple(dense_out(f"classifier_{j}") + dense_in(f"classifier_{j + 1}")),
+                                (("classifier_widths", j),)))
+        unfoldable += [(f"params/classifier_{n_fc}/kernel", 1), (f"params/classifier_{n_fc}/bias", 0)]
+        return FoldSpec(tuple(groups), tuple(unfoldable))
 
     def param_count(self) -> int:
         total, cin = 0, self.in_channels

@@ -1,0 +1,228 @@
+"""Folding: cluster every group's channels on their weights, then merge each cluster into one channel.
+
+Pure: ``fold(variables, spec, plan, key)`` returns new variables (arrays of the new widths), the widths, the
+cluster labels and a report; the input is not modified. All clusterings are computed from the original weights
+first, then all merges are applied (the official code's single pass; groups act on disjoint axes, so the merge
+order does not matter). The merge is Fold-Naive: producers, per-channel vectors and running statistics are
+averaged within a cluster, consumers summed. Variance corrections are separate, pluggable steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxfold import tree as tree_lib
+from jaxfold.kmeans import kmeans
+from jaxfold.spec import FoldSpec, Group
+
+Clusterer = Callable[[jax.Array, int, jax.Array], Any]  # (features (n, d), k, key) -> labels (n,)
+Plan = float | Mapping[str, float] | Callable[[str, int], int]
+
+
+# --- clusterers ---------------------------------------------------------------------------------------------------
+def kmeans_clusterer(n_init: int = 10, max_iter: int = 300) -> Clusterer:
+    return lambda x, k, key: kmeans(x, k, key=key, n_init=n_init, max_iter=max_iter).labels
+
+
+def ward_clusterer(x: jax.Array, k: int, key: jax.Array) -> np.ndarray:
+    """Ward agglomerative clustering (the official LLM code's choice), via scikit-learn; deterministic."""
+    del key
+    try:
+        from sklearn.cluster import AgglomerativeClustering
+    except ImportError as e:
+        raise ImportError("the 'ward' clusterer needs scikit-learn: pip install scikit-learn") from e
+    return AgglomerativeClustering(n_clusters=k, linkage="ward").fit_predict(np.asarray(x, np.float64))
+
+
+CLUSTERERS: dict[str, Callable[..., Clusterer]] = {"kmeans": kmeans_clusterer, "ward": lambda **_: ward_clusterer}
+
+
+def get_clusterer(clusterer: str | Clusterer, **options: Any) -> Clusterer:
+    if callable(clusterer):
+        return clusterer
+    if clusterer not in CLUSTERERS:
+        raise ValueError(f"unknown clusterer {clusterer!r}; known: {sorted(CLUSTERERS)} (or pass a function "
+                         "(features, k, key) -> labels)")
+    return CLUSTERERS[clusterer](**options)
+
+
+# --- plans --------------------------------------------------------------------------------------------------------
+def k_for_ratio(n: int, ratio: float) -> int:
+    """Channels kept at channel ratio ``ratio``: floor(n·(1 − ratio)), at least 1 (the paper's convention)."""
+    if not 0.0 <= ratio < 1.0 or math.isnan(ratio):
+        raise ValueError(f"channel ratio must be in [0, 1), got {ratio}")
+    return max(1, math.floor(n * (1.0 - ratio) + 1e-9))
+
+
+def resolve_plan(plan: Plan, widths: Mapping[str, int]) -> dict[str, int]:
+    """Target k for every group: a uniform ratio, a {group: ratio} dict (others untouched), or f(group, n) -> k."""
+    if isinstance(plan, int | float) and not isinstance(plan, bool):
+        return {g: k_for_ratio(n, float(plan)) for g, n in widths.items()}
+    if isinstance(plan, Mapping):
+        unknown = sorted(set(plan) - set(widths))
+        if unknown:
+            raise ValueError(f"plan names unknown groups {unknown}; groups: {list(widths)}")
+        return {g: k_for_ratio(n, float(plan[g])) if g in plan else n for g, n in widths.items()}
+    if callable(plan):
+        ks = {}
+        for g, n in widths.items():
+            k = plan(g, n)
+            if not isinstance(k, int | np.integer) or not 1 <= k <= n:
+                raise ValueError(f"plan function gave k={k!r} for group {g!r} of width {n}; need an int in [1, {n}]")
+            ks[g] = int(k)
+        return ks
+    raise TypeError(f"plan must be a ratio, a dict of ratios or a function (group, n) -> k; got {type(plan)}")
+
+
+# --- features and merges -----------------------------------------------------------------------------------------
+def group_features(flat: Mapping[str, Any], group: Group, n: int) -> jax.Array:
+    """Row i = every feature member's slice for channel i, concatenated (raw weights, no scaling)."""
+    parts = [jnp.asarray(m.channel_first(flat[m.path], n), jnp.float32) for m in group.members if m.in_features]
+    return jnp.concatenate(parts, axis=1)
+
+
+def merge_rows(rows: jax.Array, labels: jax.Array, k: int, role: str) -> jax.Array:
+    """(n, …) → (k, …): the sum over each cluster for consumers, the mean otherwise."""
+    summed = jax.ops.segment_sum(rows, labels, num_segments=k)
+    if role == "consumer":
+        return summed
+    counts = jax.ops.segment_sum(jnp.ones(rows.shape[0], rows.dtype), labels, num_segments=k)
+    return summed / counts.reshape(-1, *([1] * (rows.ndim - 1)))
+
+
+def merge_group(flat: dict[str, Any], group: Group, labels: jax.Array, n: int, k: int) -> dict[str, Any]:
+    """Apply one group's clustering to every member; returns the updated flat dict (a new dict)."""
+    out = dict(flat)
+    for m in group.members:
+        array = jnp.asarray(flat[m.path])
+        rows = m.channel_first(array, n)
+        merged = merge_rows(rows.astype(jnp.float32), labels, k, m.role).astype(array.dtype)
+        out[m.path] = m.from_channel_first(merged, array.shape, k)
+    return out
+
+
+def _fill_empty_clusters(labels: np.ndarray, k: int, x: np.ndarray) -> np.ndarray:
+    """Make all k clusters non-empty (possible since n ≥ k): a clusterer may leave one empty when rows tie. Each
+    empty cluster takes the row farthest from its cluster's mean among clusters with more than one row."""
+    labels = labels.copy()
+    for empty in sorted(set(range(k)) - set(labels.tolist())):
+        sizes = np.bincount(labels, minlength=k)
+        candidates = np.flatnonzero(sizes[labels] > 1)
+        means = np.stack([x[labels == c].mean(0) if sizes[c] else np.zeros(x.shape[1]) for c in range(k)])
+        dist = ((x[candidates] - means[labels[candidates]]) ** 2).sum(1)
+        labels[candidates[np.argmax(dist)]] = empty
+    return labels
+
+
+def _check_finite(flat: Mapping[str, Any], spec: FoldSpec) -> None:
+    bad = [p for g in spec.groups for m in g.members for p in [m.path]
+           if not bool(jnp.all(jnp.isfinite(jnp.asarray(flat[p]))))]
+    if bad:
+        raise ValueError(f"non-finite values (NaN/inf) in {sorted(set(bad))}: fix or re-train the model before folding")
+
+
+@dataclasses.dataclass(frozen=True)
+class FoldResult:
+    variables: dict[str, Any]
+    widths: dict[str, int]  # new width per group
+    labels: dict[str, np.ndarray]  # cluster of every original channel, per group
+    report: dict[str, Any]
+
+
+def fold(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, key: jax.Array, *,
+         clusterer: str | Clusterer = "kmeans", n_init: int = 10, max_iter: int = 300,
+         check: bool = True) -> FoldResult:
+    """Fold ``variables`` (``{'params': …, 'batch_stats': …}``) to the widths ``plan`` asks for.
+
+    ``clusterer`` is 'kmeans' (default), 'ward', or any function (features, k, key) -> labels. Groups whose k
+    equals their width are left exactly as they are (the k = n identity).
+    """
+    t_start = time.perf_counter()
+    if check:
+        spec.check(variables)
+    flat = tree_lib.flatten(variables)
+    _check_finite(flat, spec)
+    widths = spec.widths(variables)
+    ks = resolve_plan(plan, widths)
+    options = {"n_init": n_init, "max_iter": max_iter} if clusterer == "kmeans" else {}
+    cluster = get_clusterer(clusterer, **options)
+
+    labels: dict[str, np.ndarray] = {}
+    groups_report = []
+    for index, group in enumerate(spec.groups):
+        n, k = widths[group.name], ks[group.name]
+        t0 = time.perf_counter()
+        if k == n:
+            labels[group.name] = np.arange(n)
+            groups_report.append({"group": group.name, "n": n, "k": k, "inertia": 0.0, "seconds": 0.0})
+            continue
+        x = group_features(flat, group, n)
+        lab = np.asarray(cluster(x, k, jax.random.fold_in(key, index))).astype(np.int64)
+        if lab.shape != (n,) or lab.min() < 0 or lab.max() >= k:
+            raise ValueError(f"clusterer returned labels of shape {lab.shape} in [{lab.min()}, {lab.max()}] for group "
+                             f"{group.name!r}; need shape ({n},) with values in [0, {k})")
+        x_np = np.asarray(x, np.float64)
+        lab = _fill_empty_clusters(lab, k, x_np)
+        labels[group.name] = lab
+        groups_report.append({"group": group.name, "n": n, "k": k, "inertia": _inertia(x_np, lab, k),
+                              "seconds": round(time.perf_counter() - t0, 4)})
+
+    new_flat = dict(flat)
+    for group in spec.groups:
+        n, k = widths[group.name], ks[group.name]
+        if k != n:
+            new_flat = merge_group(new_flat, group, jnp.asarray(labels[group.name]), n, k)
+    new_variables = tree_lib.unflatten(new_flat)
+    before, after = tree_lib.count(variables.get("params", {})), tree_lib.count(new_variables.get("params", {}))
+    report = {"groups": groups_report, "params_before": before, "params_after": after,
+              "param_sparsity": 1.0 - after / before if before else 0.0,
+              "seconds": round(time.perf_counter() - t_start, 4)}
+    return FoldResult(new_variables, ks, labels, report)
+
+
+def _inertia(x: np.ndarray, labels: np.ndarray, k: int) -> float:
+    total = 0.0
+    for c in range(k):
+        rows = x[labels == c]
+        total += float(((rows - rows.mean(0)) ** 2).sum())
+    return total
+
+
+# --- the inverse direction: used to test folding and to build wide models with known redundancy ---------------------
+def permute_group(variables: Mapping[str, Any], group: Group, perm: Any) -> dict[str, Any]:
+    """Reorder a group's channels (every member along its axis). A correct spec leaves the function unchanged."""
+    flat = tree_lib.flatten(variables)
+    n = len(perm)
+    out = dict(flat)
+    for m in group.members:
+        array = jnp.asarray(flat[m.path])
+        out[m.path] = m.from_channel_first(m.channel_first(array, n)[jnp.asarray(perm)], array.shape, n)
+    return tree_lib.unflatten(out)
+
+
+def duplicate_channels(variables: Mapping[str, Any], group: Group, source: Any) -> dict[str, Any]:
+    """Widen a group: new channel j copies channel ``source[j]``. Producers, vectors and statistics are copied;
+    consumer columns are split evenly among the copies, so the network computes exactly the same function and
+    folding the copies back together (mean of equal rows, sum of the split columns) is lossless."""
+    flat = tree_lib.flatten(variables)
+    source = np.asarray(source)
+    n = group.members[0].width(np.shape(flat[group.members[0].path]))
+    if source.min() < 0 or source.max() >= n or len(np.unique(source)) != n:
+        raise ValueError(f"source must name every channel of group {group.name!r} (0..{n - 1}) at least once")
+    copies = np.bincount(source, minlength=n).astype(np.float32)
+    out = dict(flat)
+    for m in group.members:
+        array = jnp.asarray(flat[m.path])
+        rows = m.channel_first(array, n)[jnp.asarray(source)]
+        if m.role == "consumer":
+            rows = rows / jnp.asarray(copies[source], rows.dtype).reshape(-1, *([1] * (rows.ndim - 1)))
+        out[m.path] = m.from_channel_first(rows, array.shape, len(source))
+    return tree_lib.unflatten(out)

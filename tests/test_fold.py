@@ -1,0 +1,221 @@
+"""Folding properties: specs are complete and permutation invariant, k = n is the identity, duplicated channels
+fold back losslessly, results are deterministic and pure, folded models rebuild at the analytic size, bad input
+fails clearly."""
+
+import copy
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxfold import fold as fold_lib
+from jaxfold import models, tree
+from jaxfold.fold import duplicate_channels, fold, permute_group
+
+CONFIGS = {
+    "resnet18": models.resnet18(in_channels=1, width=0.125, image_size=16),
+    "resnet50": models.resnet50(stem="imagenet", width=0.0625, image_size=32),
+    "vgg_cifar": models.vgg11_bn(in_channels=1, width=0.0625, image_size=28),
+    "vgg_imagenet": models.vgg11_bn(head="imagenet", width=0.03125, image_size=32),
+    "mlp": models.mlp(in_channels=1, image_size=8, width=0.0625),
+    "lenet": models.lenet5(),
+}
+
+
+def _random_variables(cfg, seed=0):
+    """Random weights plus random BN statistics (so statistics that are mis-merged show up)."""
+    v = cfg.init(jax.random.key(seed))
+    rng = np.random.default_rng(seed)
+    stats = {p: (rng.uniform(0.5, 2.0, np.shape(a)) if p.endswith("var") else rng.normal(0, 0.3, np.shape(a)))
+             for p, a in tree.flatten(v.get("batch_stats", {})).items()}
+    # perturb biases and BN scale/bias (1-D) so no vector is trivially constant; kernels keep their init scale
+    scales = {p: a + rng.normal(0, 0.2, np.shape(a)) if np.ndim(a) == 1 else a
+              for p, a in tree.flatten(v["params"]).items()}
+    out = {"params": tree.unflatten({p: jnp.asarray(a, jnp.float32) for p, a in scales.items()})}
+    if stats:
+        out["batch_stats"] = tree.unflatten({p: jnp.asarray(a, jnp.float32) for p, a in stats.items()})
+    return out
+
+
+_APPLY = {}
+
+
+def _logits(cfg, variables, seed=1):
+    """Jitted eval-mode logits (compiled once per config, reused across permutations)."""
+    if cfg not in _APPLY:
+        module = cfg.module()
+        _APPLY[cfg] = jax.jit(lambda v, x: module.apply(v, x, train=False))
+    x = jax.random.normal(jax.random.key(seed), (4, *cfg.input_shape))
+    return np.asarray(_APPLY[cfg](variables, x))
+
+
+def _assert_same_function(a, b, what=""):
+    """Equal logits up to float32 reassociation, relative to their scale (random deep nets have large logits)."""
+    scale = max(1.0, float(np.abs(b).max()))
+    diff = float(np.abs(a - b).max())
+    assert diff <= 2e-5 * scale, f"{what}: max diff {diff:.3g} at logit scale {scale:.3g}"
+
+
+# k-means compiles once per (rows, features, k) shape, so the tests that cluster every group use the smaller
+# architectures; the spec-only properties (coverage, permutation invariance, identity) cover all of them.
+CLUSTERED = ["resnet18", "vgg_cifar", "mlp", "lenet"]
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def model(request):
+    cfg = CONFIGS[request.param]
+    return cfg, _random_variables(cfg)
+
+
+@pytest.fixture(scope="module", params=CLUSTERED)
+def small_model(request):
+    cfg = CONFIGS[request.param]
+    return cfg, _random_variables(cfg)
+
+
+def test_spec_covers_every_axis(model):
+    cfg, variables = model
+    cfg.fold_spec().check(variables)
+
+
+def test_resnet18_has_the_papers_12_groups():
+    spec = models.resnet18().fold_spec()
+    assert len(spec.groups) == 12
+    assert [g.name for g in spec.groups if g.name.startswith("stream")] == [f"stream{i}" for i in range(1, 5)]
+    assert len(models.resnet50().fold_spec().groups) == 1 + 4 + 2 * 16
+
+
+def test_every_group_is_permutation_invariant(model):
+    cfg, variables = model
+    ref = _logits(cfg, variables)
+    rng = np.random.default_rng(0)
+    for group in cfg.fold_spec().groups:
+        n = cfg.fold_spec().widths(variables)[group.name]
+        permuted = permute_group(variables, group, rng.permutation(n))
+        _assert_same_function(_logits(cfg, permuted), ref, group.name)
+
+
+def test_k_equals_n_is_the_exact_identity(model):
+    cfg, variables = model
+    result = fold(variables, cfg.fold_spec(), 0.0, jax.random.key(0))
+    assert tree.compare(variables, result.variables) == []
+    for path, a in tree.flatten(variables).items():
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(tree.get(result.variables, path)))
+    assert result.report["param_sparsity"] == 0.0
+
+
+def test_duplicated_channels_fold_back_losslessly(small_model):
+    cfg, variables = small_model
+    spec = cfg.fold_spec()
+    widths = spec.widths(variables)
+    rng = np.random.default_rng(1)
+    wide = variables
+    for group in spec.groups:  # widen every group by ~50 % with copies of random channels
+        n = widths[group.name]
+        source = np.concatenate([np.arange(n), rng.integers(0, n, max(1, n // 2))])
+        wide = duplicate_channels(wide, group, source)
+    wide_cfg = cfg.with_widths(spec.widths(wide))
+    wide_spec = wide_cfg.fold_spec()
+    wide_spec.check(wide)
+    _assert_same_function(_logits(wide_cfg, wide), _logits(cfg, variables), "widened")
+    back = fold(wide, wide_spec, lambda g, n: widths[g], jax.random.key(0))
+    assert back.widths == widths
+    assert all(r["inertia"] < 1e-6 * max(1.0, r["n"]) for r in back.report["groups"])
+    _assert_same_function(_logits(cfg, back.variables), _logits(cfg, variables), "folded back")
+
+
+def test_fold_is_deterministic_pure_and_rebuilds(small_model):
+    cfg, variables = small_model
+    spec = cfg.fold_spec()
+    before = copy.deepcopy(jax.tree.map(np.asarray, variables))
+    a = fold(variables, spec, 0.5, jax.random.key(3))
+    b = fold(variables, spec, 0.5, jax.random.key(3))
+    for path, x in tree.flatten(a.variables).items():
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(tree.get(b.variables, path)))
+    for path, x in tree.flatten(before).items():  # input untouched
+        np.testing.assert_array_equal(x, np.asarray(tree.get(variables, path)))
+    folded_cfg = cfg.with_widths(a.widths)
+    assert folded_cfg.param_count() == tree.count(a.variables["params"]) == a.report["params_after"]
+    assert tree.compare(folded_cfg.abstract_variables(), a.variables) == []
+    widths = spec.widths(variables)
+    assert a.widths == {g: max(1, int(n * 0.5)) for g, n in widths.items()}
+    assert np.all(np.isfinite(_logits(folded_cfg, a.variables)))
+    assert 0.0 < a.report["param_sparsity"] < 1.0
+
+
+def test_merge_is_mean_for_producers_and_sum_for_consumers():
+    cfg = models.mlp(in_channels=1, image_size=2, width=3 / 512, depth=1)  # 4 inputs → 3 hidden → 10
+    variables = _random_variables(cfg)
+    group = cfg.fold_spec().groups[0]
+    labels = jnp.asarray([0, 1, 0])
+    merged = tree.unflatten(fold_lib.merge_group(tree.flatten(variables), group, labels, 3, 2))
+    w_in, w_out = variables["params"]["fc0"]["kernel"], variables["params"]["classifier"]["kernel"]
+    np.testing.assert_allclose(merged["params"]["fc0"]["kernel"][:, 0], (w_in[:, 0] + w_in[:, 2]) / 2, rtol=1e-6)
+    np.testing.assert_allclose(merged["params"]["classifier"]["kernel"][0], w_out[0] + w_out[2], rtol=1e-6)
+    var = variables["batch_stats"]["bn0"]["var"]
+    np.testing.assert_allclose(merged["batch_stats"]["bn0"]["var"][0], (var[0] + var[2]) / 2, rtol=1e-6)
+
+
+def test_plans():
+    widths = {"a": 64, "b": 10}
+    assert fold_lib.resolve_plan(0.25, widths) == {"a": 48, "b": 7}
+    assert fold_lib.resolve_plan({"a": 0.5}, widths) == {"a": 32, "b": 10}
+    assert fold_lib.resolve_plan(lambda g, n: n // 2, widths) == {"a": 32, "b": 5}
+    assert fold_lib.resolve_plan(0.99, widths) == {"a": 1, "b": 1}  # k ≥ 1
+    assert fold_lib.k_for_ratio(64, 0.1) == 57  # floor(57.6), the paper's int(n·(1−r))
+
+
+@pytest.mark.parametrize("plan", [1.0, -0.1, float("nan")])
+def test_bad_ratios(plan):
+    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+        fold_lib.resolve_plan(plan, {"a": 4})
+
+
+def test_bad_inputs_fail_clearly():
+    cfg = CONFIGS["lenet"]
+    variables = _random_variables(cfg)
+    spec = cfg.fold_spec()
+    with pytest.raises(ValueError, match=r"unknown groups \['conv9'\]"):
+        fold(variables, spec, {"conv9": 0.5}, jax.random.key(0))
+    with pytest.raises(ValueError, match="need an int in"):
+        fold(variables, spec, lambda g, n: n + 1, jax.random.key(0))
+    other = _random_variables(CONFIGS["mlp"])
+    with pytest.raises(ValueError, match="fold spec does not match"):
+        fold(other, spec, 0.5, jax.random.key(0))
+    broken = tree.set_(variables, "params/fc1/kernel", variables["params"]["fc1"]["kernel"].at[0, 0].set(jnp.nan))
+    with pytest.raises(ValueError, match="non-finite values.*params/fc1/kernel"):
+        fold(broken, spec, 0.5, jax.random.key(0))
+    with pytest.raises(ValueError, match="unknown clusterer"):
+        fold(variables, spec, 0.5, jax.random.key(0), clusterer="dbscan")
+
+
+def test_spec_checker_finds_gaps_and_double_claims():
+    from jaxfold.spec import FoldSpec
+
+    cfg = CONFIGS["lenet"]
+    variables = _random_variables(cfg)
+    spec = cfg.fold_spec()
+    with pytest.raises(ValueError, match="params/fc3/bias axis 0 .* is in no group"):
+        FoldSpec(spec.groups, spec.unfoldable[:-5] + spec.unfoldable[-4:]).check(variables)
+    with pytest.raises(ValueError, match="claimed by both"):
+        FoldSpec(spec.groups, (*spec.unfoldable, ("params/fc1/kernel", 1))).check(variables)
+
+
+def test_pluggable_clusterers():
+    cfg = CONFIGS["mlp"]
+    variables = _random_variables(cfg)
+    spec = cfg.fold_spec()
+    calls = []
+
+    def first_k(x, k, key):  # a user's clusterer: (features, k, key) -> labels
+        calls.append((x.shape, k))
+        return np.minimum(np.arange(x.shape[0]), k - 1)
+
+    result = fold(variables, spec, 0.5, jax.random.key(0), clusterer=first_k)
+    assert len(calls) == 3 and result.widths == {g: 16 for g in spec.names}
+    pytest.importorskip("sklearn")
+    ward = fold(variables, spec, 0.5, jax.random.key(0), clusterer="ward")
+    assert ward.widths == result.widths
+    for group in spec.groups:  # Ward's labels are a genuine partition into k non-empty clusters
+        assert sorted(set(ward.labels[group.name].tolist())) == list(range(16))

@@ -1,0 +1,147 @@
+"""k-means: as good as sklearn's, deterministic, canonical labels, never NaN on degenerate data, Gram == direct."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxfold.kmeans import KMeansResult, _reseed_empty, _use_gram, inertia, kmeans
+
+KEY = jax.random.key(0)
+
+
+def _blobs(n, d, centers, seed=0):
+    rng = np.random.default_rng(seed)
+    means = rng.normal(0.0, 10.0, (centers, d))
+    return (means[rng.integers(0, centers, n)] + rng.normal(0.0, 1.0, (n, d))).astype(np.float32)
+
+
+def _gaussian(n=120, d=10, seed=1):
+    return np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+
+
+def _check(x, r, k):
+    labels, centroids = np.asarray(r.labels), np.asarray(r.centroids)
+    assert isinstance(r, KMeansResult)
+    assert labels.dtype == np.int32 and labels.shape == (x.shape[0],)
+    assert centroids.dtype == np.float32 and centroids.shape == (k, x.shape[1])
+    assert r.inertia.shape == () and r.n_iter.shape == () and int(r.n_iter) >= 1
+    assert labels.min() >= 0 and labels.max() < k
+    assert np.all(np.isfinite(centroids)) and np.isfinite(float(r.inertia))
+    # canonical: clusters numbered by first appearance
+    _, first = np.unique(labels, return_index=True)
+    assert labels[0] == 0 and np.all(np.diff(labels[np.sort(first)]) == 1)
+    return labels, centroids
+
+
+@pytest.mark.parametrize(("x", "k"), [(_blobs(200, 16, 8), 8), (_blobs(64, 300, 20), 20), (_blobs(128, 40, 30), 100),
+                                      (_gaussian(), 10)], ids=["200x16k8", "64x300k20", "128x40k100", "gaussian"])
+def test_inertia_matches_sklearn(x, k):
+    sklearn_cluster = pytest.importorskip("sklearn.cluster")
+    r = kmeans(x, k, key=KEY)
+    labels, centroids = _check(x, r, k)
+    ref = sklearn_cluster.KMeans(n_clusters=k, n_init=10, random_state=0).fit(x.astype(np.float64)).inertia_
+    assert float(r.inertia) <= 1.01 * ref
+    # the reported inertia is the cost of the returned labels, and the centroids are their cluster means
+    np.testing.assert_allclose(float(inertia(x, labels)), float(r.inertia), rtol=1e-6)
+    direct = sum(np.sum((x[labels == j] - x[labels == j].mean(0)) ** 2, dtype=np.float64) for j in range(k))
+    np.testing.assert_allclose(float(r.inertia), direct, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(centroids, [x[labels == j].mean(0) for j in range(k)], rtol=1e-4, atol=1e-4)
+
+
+def test_deterministic():
+    x = _gaussian()
+    a, b = kmeans(x, 10, key=KEY), kmeans(x, 10, key=jax.random.key(0))
+    np.testing.assert_array_equal(np.asarray(a.labels), np.asarray(b.labels))
+    np.testing.assert_array_equal(np.asarray(a.centroids), np.asarray(b.centroids))
+    assert float(a.inertia) == float(b.inertia)
+    # a single restart depends on its key; legacy uint32 keys are accepted too
+    runs = {tuple(np.asarray(kmeans(x, 10, key=jax.random.PRNGKey(s), n_init=1).labels)) for s in range(4)}
+    assert len(runs) > 1
+
+
+def test_k1_and_kn():
+    x = _gaussian(20, 6)
+    r = kmeans(x, 1, key=KEY)
+    _check(x, r, 1)
+    assert np.all(np.asarray(r.labels) == 0)
+    np.testing.assert_allclose(np.asarray(r.centroids)[0], x.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(r.inertia), np.sum((x - x.mean(0)) ** 2), rtol=1e-5)
+    r = kmeans(x, 20, key=KEY)
+    labels, centroids = _check(x, r, 20)
+    np.testing.assert_array_equal(labels, np.arange(20))  # each row its own cluster, canonical = identity
+    np.testing.assert_allclose(centroids, x, atol=1e-5)
+    assert float(r.inertia) == 0.0
+
+
+@pytest.mark.parametrize("gram", [False, True])
+def test_duplicates_zeros_and_k_above_distinct(gram):
+    rng = np.random.default_rng(0)
+    base = np.concatenate([np.zeros((1, 7)), rng.standard_normal((4, 7))]).astype(np.float32)  # one all-zero row
+    pick = rng.integers(0, 5, 40)
+    pick[:5] = np.arange(5)
+    x = base[pick]
+    scale = float(np.sum(x**2))
+    r = kmeans(x, 5, key=KEY, gram=gram)  # k = number of distinct rows: exact duplicates share a cluster
+    labels, _ = _check(x, r, 5)
+    np.testing.assert_array_equal(labels, pick)  # rows 0..4 are the distinct ones, in order
+    assert abs(float(r.inertia)) <= 1e-6 * scale
+    r = kmeans(x, 9, key=KEY, gram=gram)  # k > distinct rows: duplicates get split, all k clusters used
+    labels, _ = _check(x, r, 9)
+    assert len(np.unique(labels)) == 9
+    assert abs(float(r.inertia)) <= 1e-6 * scale
+    r = kmeans(np.zeros_like(x), 9, key=KEY, gram=gram)  # all zero: nothing to separate, still no NaN
+    labels, centroids = _check(x, r, 9)
+    assert len(np.unique(labels)) == 9 and float(r.inertia) == 0.0 and np.all(centroids == 0)
+
+
+def test_reseed_empty_moves_farthest_movable_rows():
+    labels = jax.numpy.array([0, 0, 0, 1, 1, 0], jax.numpy.int32)  # clusters 2 and 3 empty
+    dmin = jax.numpy.array([5.0, 0.5, 9.0, 7.0, 1.0, 3.0])
+    out = np.asarray(_reseed_empty(labels, dmin, 4))
+    # the two farthest rows (2, then 3) move; row 4 is cluster 1's closest row so cluster 1 is never emptied
+    np.testing.assert_array_equal(out, [0, 0, 2, 3, 1, 0])
+    # only one row per cluster: the remaining movable rows are still distinct and no donor empties
+    out = np.asarray(_reseed_empty(jax.numpy.array([0, 0, 0, 0], jax.numpy.int32), jax.numpy.zeros(4), 4))
+    assert sorted(out.tolist()) == [0, 1, 2, 3]
+
+
+def test_empty_clusters_reseeded_in_loop():
+    # 60 copies of one row plus 3 far-apart rows (4 distinct). With k = 6 the seeds must coincide, so the very first
+    # assignment leaves clusters empty: max_iter=1 shows the re-seeding happens inside the loop.
+    rng = np.random.default_rng(3)
+    x = np.concatenate([np.repeat(rng.standard_normal((1, 5)), 60, 0), 50 * rng.standard_normal((3, 5))])
+    x = x.astype(np.float32)
+    r = kmeans(x, 6, key=KEY, n_init=1, max_iter=1)
+    labels, _ = _check(x, r, 6)
+    assert len(np.unique(labels)) == 6 and int(r.n_iter) == 1
+    # with distinct rows ≥ k the duplicates stay together and the optimum (cost 0) is found
+    r = kmeans(x, 4, key=KEY, n_init=3)
+    labels, _ = _check(x, r, 4)
+    np.testing.assert_array_equal(labels, [0] * 60 + [1, 2, 3])
+    assert float(r.inertia) <= 1e-6 * float(np.sum(x**2))
+
+
+def test_gram_matches_direct():
+    x = _blobs(32, 20000, 6, seed=2) + _gaussian(32, 20000, seed=3) * 3  # d ≫ n, overlapping clusters
+    assert _use_gram(32, 20000, None) and not _use_gram(200, 16, None) and not _use_gram(32, 20000, False)
+    direct, gram, auto = (kmeans(x, 6, key=KEY, gram=g) for g in (False, True, None))
+    np.testing.assert_array_equal(np.asarray(direct.labels), np.asarray(gram.labels))
+    np.testing.assert_array_equal(np.asarray(auto.labels), np.asarray(gram.labels))
+    np.testing.assert_allclose(float(gram.inertia), float(direct.inertia), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(gram.centroids), np.asarray(direct.centroids), rtol=1e-5, atol=1e-5)
+    assert int(gram.n_iter) == int(direct.n_iter)
+
+
+def test_bad_inputs():
+    x = _gaussian(10, 3)
+    with pytest.raises(ValueError, match="2-D"):
+        kmeans(x[None], 2, key=KEY)
+    bad = x.copy()
+    bad[3, 1], bad[7, 0] = np.nan, np.inf
+    with pytest.raises(ValueError, match=r"rows \[3, 7\]"):
+        kmeans(bad, 2, key=KEY)
+    for k in (0, 11):
+        with pytest.raises(ValueError, match="1 <= k <= n"):
+            kmeans(x, k, key=KEY)
+    with pytest.raises(ValueError, match="n_init"):
+        kmeans(x, 2, key=KEY, n_init=0)
