@@ -2,6 +2,7 @@
 
     jaxfold data fetch fashion_mnist
     jaxfold train --config configs/vgg11_fmnist.py --workdir workdirs/vgg11_fmnist
+    jaxfold fold --config configs/vgg11_fmnist.py --workdir workdirs/vgg11_fmnist_fold45 --config.fold.ratio=0.45
 """
 
 import ml_collections
@@ -13,6 +14,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = dict(name="fashion_mnist", path="", crop_padding=2, hflip=True)
     c.train = dict(epochs=20, batch_size=128, lr=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4,
                    warmup_epochs=0.0, seed=0, eval_every=1, eval_batch_size=500)
+    c.fold = dict(checkpoint="workdirs/vgg11_fmnist/checkpoint", ratio=0.25, clusterer="kmeans", n_init=10,
+                  max_iter=300, seed=0, evaluate=True)
     if arg == "full":  # full-width VGG11-BN, for a GPU
         c.model.width = 1.0
         c.train.epochs = 60

@@ -34,6 +34,45 @@ def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _cmd_fold(args: argparse.Namespace, overrides: list[str]) -> int:
+    import jax
+
+    from jaxfold import config as config_lib
+    from jaxfold.compress import fold_model
+    from jaxfold.io import checkpoint
+    from jaxfold.io.files import write_json_atomic
+
+    config = config_lib.load_with_overrides(args.config, overrides)
+    if "fold" not in config:
+        raise ValueError(f"{args.config} has no `fold` section (checkpoint, ratio, clusterer, n_init, seed)")
+    fc = config.fold
+    variables, model_cfg, meta = checkpoint.restore(fc.checkpoint)
+    folded = fold_model(model_cfg, variables, fc.ratio, jax.random.key(fc.seed), clusterer=fc.clusterer,
+                        n_init=fc.n_init, max_iter=fc.max_iter)
+    report = {"source": str(fc.checkpoint), "ratio": fc.ratio, "clusterer": fc.clusterer, "seed": fc.seed,
+              "correction": "none", **folded.report}
+    if fc.get("evaluate", True):
+        report["accuracy_before"] = meta.get("test_accuracy")
+        report["accuracy_after"] = _test_accuracy(config, folded.config, folded.variables)
+    checkpoint.save(f"{args.workdir}/checkpoint", folded.variables, folded.config, metadata=report)
+    write_json_atomic(f"{args.workdir}/report.json", report)
+    for g in report["groups"]:
+        print(f"{g['group']:>18}  {g['n']:>5} → {g['k']:<5} inertia {g['inertia']:.4g}  {g['seconds']:.3f}s")
+    summary = {k: report.get(k) for k in ("ratio", "param_sparsity", "params_after", "flops_reduction", "seconds",
+                                          "accuracy_before", "accuracy_after")}
+    print(json.dumps({**summary, "workdir": args.workdir}))
+    return 0
+
+
+def _test_accuracy(config, model_cfg, variables) -> float:
+    from jaxfold.data import images
+    from jaxfold.eval.classification import evaluate, inference_fn
+
+    data = images.load(config.data.name, config.data.get("path") or None, config.data.get("image_size", 224))
+    return evaluate(inference_fn(model_cfg.module()), variables, data.test_images, data.test_labels,
+                    mean=data.mean, std=data.std)["accuracy"]
+
+
 def _cmd_import_torch(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxfold import config as config_lib
     from jaxfold.io import checkpoint
@@ -80,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="configs/<name>.py[:arg]")
     train.add_argument("--workdir", required=True)
 
+    fold = sub.add_parser("fold", help="fold a checkpoint (config's `fold` section; --config.fold.ratio=0.45)")
+    fold.add_argument("--config", required=True, help="configs/<name>.py[:arg]")
+    fold.add_argument("--workdir", required=True, help="writes checkpoint/ and report.json here")
+
     imp = sub.add_parser("import", help="import weights from another framework into a jaxfold checkpoint")
     imp.add_argument("source", choices=["torch"], help="torch: a torch.save()d state dict")
     imp.add_argument("--config", required=True, help="config whose model matches the weights (--config.x=v ok)")
@@ -94,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-path", default="")
 
     bench = sub.add_parser("bench", help="benchmarks (results and protocol: docs/benchmarks.md)")
-    bench.add_argument("what", choices=["train"])
+    bench.add_argument("what", choices=["train", "fold"])
     bench.add_argument("extra", nargs=argparse.REMAINDER)
     return p
 
@@ -102,9 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if args.command in ("train", "fold", "eval"):
+        from jaxfold import compile_cache
+
+        compile_cache.enable()
     try:
         if args.command == "train":
             return _cmd_train(args, _split_overrides(extra, parser))
+        if args.command == "fold":
+            return _cmd_fold(args, _split_overrides(extra, parser))
         if args.command == "import":
             return _cmd_import_torch(args, _split_overrides(extra, parser))
         if extra:

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfold import tree as tree_lib
-from jaxfold.kmeans import kmeans
+from jaxfold.kmeans import kmeans_labels
 from jaxfold.spec import FoldSpec, Group
 
 Clusterer = Callable[[jax.Array, int, jax.Array], Any]  # (features (n, d), k, key) -> labels (n,)
@@ -29,7 +29,7 @@ Plan = float | Mapping[str, float] | Callable[[str, int], int]
 
 # --- clusterers ---------------------------------------------------------------------------------------------------
 def kmeans_clusterer(n_init: int = 10, max_iter: int = 300) -> Clusterer:
-    return lambda x, k, key: kmeans(x, k, key=key, n_init=n_init, max_iter=max_iter).labels
+    return lambda x, k, key: kmeans_labels(x, k, key=key, n_init=n_init, max_iter=max_iter)
 
 
 def ward_clusterer(x: jax.Array, k: int, key: jax.Array) -> np.ndarray:
@@ -83,28 +83,42 @@ def resolve_plan(plan: Plan, widths: Mapping[str, int]) -> dict[str, int]:
 
 
 # --- features and merges -----------------------------------------------------------------------------------------
-def group_features(flat: Mapping[str, Any], group: Group, n: int) -> jax.Array:
+def _on_host(array: Any) -> Any:
+    """CPU-resident arrays become numpy (zero-copy): merges then cost no per-shape XLA compilation, which would
+    otherwise dominate a warm fold; accelerator-resident arrays stay on their device."""
+    if isinstance(array, jax.Array) and all(d.platform == "cpu" for d in array.devices()):
+        return np.asarray(array)
+    return array
+
+
+def group_features(flat: Mapping[str, Any], group: Group, n: int) -> Any:
     """Row i = every feature member's slice for channel i, concatenated (raw weights, no scaling)."""
-    parts = [jnp.asarray(m.channel_first(flat[m.path], n), jnp.float32) for m in group.members if m.in_features]
-    return jnp.concatenate(parts, axis=1)
+    parts = [m.channel_first(_on_host(flat[m.path]), n) for m in group.members if m.in_features]
+    xp = np if all(isinstance(p, np.ndarray) for p in parts) else jnp
+    return xp.concatenate([xp.asarray(p, xp.float32) for p in parts], axis=1)
 
 
-def merge_rows(rows: jax.Array, labels: jax.Array, k: int, role: str) -> jax.Array:
+def merge_rows(rows: Any, labels: Any, k: int, role: str) -> Any:
     """(n, …) → (k, …): the sum over each cluster for consumers, the mean otherwise."""
-    summed = jax.ops.segment_sum(rows, labels, num_segments=k)
+    if isinstance(rows, np.ndarray):
+        onehot = (np.asarray(labels)[None, :] == np.arange(k)[:, None]).astype(rows.dtype)  # (k, n)
+        summed = (onehot @ rows.reshape(rows.shape[0], -1)).reshape(k, *rows.shape[1:])
+        counts = onehot.sum(1)
+    else:  # exact f32 sums on accelerators (a matmul could run in TF32 there)
+        summed = jax.ops.segment_sum(rows, labels, num_segments=k)
+        counts = jax.ops.segment_sum(jnp.ones(rows.shape[0], rows.dtype), labels, num_segments=k)
     if role == "consumer":
         return summed
-    counts = jax.ops.segment_sum(jnp.ones(rows.shape[0], rows.dtype), labels, num_segments=k)
     return summed / counts.reshape(-1, *([1] * (rows.ndim - 1)))
 
 
-def merge_group(flat: dict[str, Any], group: Group, labels: jax.Array, n: int, k: int) -> dict[str, Any]:
+def merge_group(flat: dict[str, Any], group: Group, labels: Any, n: int, k: int) -> dict[str, Any]:
     """Apply one group's clustering to every member; returns the updated flat dict (a new dict)."""
     out = dict(flat)
     for m in group.members:
-        array = jnp.asarray(flat[m.path])
+        array = _on_host(flat[m.path])
         rows = m.channel_first(array, n)
-        merged = merge_rows(rows.astype(jnp.float32), labels, k, m.role).astype(array.dtype)
+        merged = merge_rows(rows.astype(np.float32), labels, k, m.role).astype(array.dtype)
         out[m.path] = m.from_channel_first(merged, array.shape, k)
     return out
 
@@ -123,10 +137,11 @@ def _fill_empty_clusters(labels: np.ndarray, k: int, x: np.ndarray) -> np.ndarra
 
 
 def _check_finite(flat: Mapping[str, Any], spec: FoldSpec) -> None:
-    bad = [p for g in spec.groups for m in g.members for p in [m.path]
-           if not bool(jnp.all(jnp.isfinite(jnp.asarray(flat[p]))))]
+    paths = sorted({m.path for g in spec.groups for m in g.members})
+    bad = [p for p in paths if not bool((np if isinstance(a := _on_host(flat[p]), np.ndarray) else jnp)
+                                        .isfinite(a).all())]
     if bad:
-        raise ValueError(f"non-finite values (NaN/inf) in {sorted(set(bad))}: fix or re-train the model before folding")
+        raise ValueError(f"non-finite values (NaN/inf) in {bad}: fix or re-train the model before folding")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +180,7 @@ def fold(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, key: jax.Arra
             groups_report.append({"group": group.name, "n": n, "k": k, "inertia": 0.0, "seconds": 0.0})
             continue
         x = group_features(flat, group, n)
-        lab = np.asarray(cluster(x, k, jax.random.fold_in(key, index))).astype(np.int64)
+        lab = np.asarray(cluster(x, k, jax.random.fold_in(key, index))).astype(np.int64).reshape(-1)
         if lab.shape != (n,) or lab.min() < 0 or lab.max() >= k:
             raise ValueError(f"clusterer returned labels of shape {lab.shape} in [{lab.min()}, {lab.max()}] for group "
                              f"{group.name!r}; need shape ({n},) with values in [0, {k})")
@@ -179,7 +194,7 @@ def fold(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, key: jax.Arra
     for group in spec.groups:
         n, k = widths[group.name], ks[group.name]
         if k != n:
-            new_flat = merge_group(new_flat, group, jnp.asarray(labels[group.name]), n, k)
+            new_flat = merge_group(new_flat, group, labels[group.name], n, k)
     new_variables = tree_lib.unflatten(new_flat)
     before, after = tree_lib.count(variables.get("params", {})), tree_lib.count(new_variables.get("params", {}))
     report = {"groups": groups_report, "params_before": before, "params_after": after,
@@ -189,11 +204,11 @@ def fold(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, key: jax.Arra
 
 
 def _inertia(x: np.ndarray, labels: np.ndarray, k: int) -> float:
-    total = 0.0
-    for c in range(k):
-        rows = x[labels == c]
-        total += float(((rows - rows.mean(0)) ** 2).sum())
-    return total
+    """Σ_i ||x_i − mean of its cluster||², in float64 on the host (the report's number, clusterer-independent)."""
+    onehot = np.zeros((len(labels), k))
+    onehot[np.arange(len(labels)), labels] = 1.0
+    means = (onehot.T @ x) / onehot.sum(0)[:, None]
+    return float(((x - means[labels]) ** 2).sum())
 
 
 # --- the inverse direction: used to test folding and to build wide models with known redundancy ---------------------

@@ -7,6 +7,11 @@ Conventions follow sklearn's ``KMeans`` so results are comparable: greedy k-mean
 the centroid shift (sum of squared moves) is ≤ ``tol`` × the mean per-feature variance of ``x``, best of ``n_init``.
 Additions: empty clusters are re-seeded inside the loop (never NaN, every one of the k labels is used), labels are
 canonical (numbered by first appearance), and a Gram mode runs everything on G = X Xᵀ for d ≫ n (attention heads).
+
+Compilation is shared, since folding calls this once per layer group and again at every new ratio: k is a traced
+value and the jitted core works on n cluster slots (those ≥ k masked out), so one executable serves every k ≤ n;
+in Gram mode (the usual case for folding features, d > n) the core sees only G, so it depends on n alone. Only
+``_prepare`` (one matmul) and ``_finish`` (cluster means), both quick to compile, are specialised to (n, d).
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# A Lloyd step costs ~2·n·d·k flops directly and ~2·n²·k on the Gram matrix (plus n²·d once to form it), so the
-# Gram mode wins as soon as d > n; its memory is n² instead of n·d per restart as well.
+# With n cluster slots a Lloyd step costs ~2·n²·d flops directly and ~2·n³ on the Gram matrix (plus 2·n²·d once to
+# form it), so the Gram mode wins as soon as d > n; its memory is n² instead of n·d per restart as well.
 GRAM_RATIO = 1
 
 
@@ -40,136 +45,182 @@ def _use_gram(n: int, d: int, gram: bool | None) -> bool:
     return d > GRAM_RATIO * n if gram is None else bool(gram)
 
 
-def _kmeanspp(key: jax.Array, data: jax.Array, sq: jax.Array, k: int, gram: bool) -> jax.Array:
-    """Indices of k seed rows. Needs only distances between rows: a column of G (Gram) or one matvec (direct)."""
+def _trials(k: int) -> int:
+    return 2 + int(math.log(k))  # sklearn's 2 + ln k local trials per k-means++ centre
+
+
+def _kmeanspp(u: jax.Array, data: jax.Array, sq: jax.Array, k: jax.Array, trials: jax.Array,
+              gram: bool) -> jax.Array:
+    """Indices of k seed rows (slots ≥ k stay 0). Needs only distances between rows: a column of G (Gram) or one
+    matvec (direct). k and the trial count are traced, so the loop runs over a dynamic number of centres.
+
+    ``u`` (n, _trials(n)) holds the uniform draws: u[0, 0] picks the first centre, u[j] the candidates of centre j.
+    Drawing them all at once outside the loop keeps a single threefry in the program (each one is slow to compile)."""
     n = sq.shape[0]
     rows = jnp.arange(n)
-    # greedy k-means++ (sklearn's 2 + ln k local trials per centre): better seeds than plain k-means++ at a cost
-    # that stays small next to the Lloyd iterations, and it keeps us comparable with sklearn's inertia.
-    trials = 2 + int(math.log(k))
+    # greedy k-means++: better seeds than plain k-means++ at a cost that stays small next to the Lloyd iterations,
+    # and it keeps us comparable with sklearn's inertia. The trial count is a shape, so draw the most any k ≤ n
+    # needs and let only the first ``trials`` compete.
+    live = jnp.arange(u.shape[1]) < trials
 
     def dist_to(idx: jax.Array) -> jax.Array:  # (n, t) squared distances to rows idx, exactly 0 at the rows themselves
         cross = data[:, idx] if gram else _dot(data, data[idx].T)
         dist = jnp.maximum(sq[:, None] - 2 * cross + sq[idx][None, :], 0.0)
         return jnp.where(rows[:, None] == idx[None, :], 0.0, dist)
 
-    key, sub = jax.random.split(key)
-    first = jax.random.randint(sub, (1,), 0, n)
-    centers = jnp.zeros(k, jnp.int32).at[0].set(first[0])
+    first = jnp.minimum((u[0, :1] * n).astype(jnp.int32), n - 1)
+    centers = jnp.zeros(n, jnp.int32).at[0].set(first[0])
 
     def body(j, carry):
-        centers, closest, key = carry
-        key, sub = jax.random.split(key)
+        centers, closest = carry
         cum = jnp.cumsum(closest)
         # side="right": a row at distance 0 (already a centre, or a duplicate of one) is never drawn
-        cand = jnp.searchsorted(cum, jax.random.uniform(sub, (trials,)) * cum[-1], side="right")
+        cand = jnp.searchsorted(cum, u[j] * cum[-1], side="right", method="compare_all")
         cand = jnp.minimum(cand, n - 1)
         new = jnp.minimum(closest[:, None], dist_to(cand))
-        best = jnp.argmin(jnp.sum(new, axis=0))
-        return centers.at[j].set(cand[best]), new[:, best], key
+        best = jnp.argmin(jnp.where(live, jnp.sum(new, axis=0), jnp.inf))
+        return centers.at[j].set(cand[best]), new[:, best]
 
-    centers, _, _ = jax.lax.fori_loop(1, k, body, (centers, dist_to(first)[:, 0], key))
+    centers, _ = jax.lax.fori_loop(1, k, body, (centers, dist_to(first)[:, 0]))
     return centers
 
 
-def _reseed_empty(labels: jax.Array, dmin: jax.Array, k: int) -> jax.Array:
+def _reseed_empty(labels: jax.Array, dmin: jax.Array, k) -> jax.Array:
     """Move one distinct row into each empty cluster: the rows farthest from their centroid, as sklearn does, but
-    never the closest row of its cluster (so no donor empties; k ≤ n guarantees enough movable rows)."""
+    never the closest row of its cluster (so no donor empties; k ≤ n guarantees enough movable rows).
+
+    Cluster slots run to capacity n (labels.shape[0]) so that k can be traced; only the k live slots are re-seeded."""
     n = labels.shape[0]
-    member = labels[:, None] == jnp.arange(k)[None, :]
-    empty = ~jnp.any(member, axis=0)
+    slots = jnp.arange(n)
+    member = labels[:, None] == slots[None, :]
+    used = jnp.any(member, axis=0)
+    empty = ~used & (slots < k)
     anchor = jnp.argmin(jnp.where(member, dmin[:, None], jnp.inf), axis=0)  # closest row of each cluster stays
-    is_anchor = jnp.zeros(n, bool).at[jnp.where(empty, n, anchor)].set(True, mode="drop")
-    _, far = jax.lax.top_k(jnp.where(is_anchor, -1.0, dmin), k)  # top_k breaks ties by index: deterministic
+    is_anchor = jnp.zeros(n, bool).at[jnp.where(used, anchor, n)].set(True, mode="drop")
+    far = jnp.argsort(jnp.where(is_anchor, -1.0, dmin), descending=True, stable=True)  # ties by index: deterministic
     src = far[jnp.maximum(jnp.cumsum(empty) - 1, 0)]  # r-th empty cluster takes the r-th farthest movable row
-    return labels.at[jnp.where(empty, src, n)].set(jnp.arange(k, dtype=labels.dtype), mode="drop")
+    return labels.at[jnp.where(empty, src, n)].set(slots.astype(labels.dtype), mode="drop")
 
 
-def _restart(key, data, sq, tol_abs, *, k: int, max_iter: int, gram: bool):
-    """One k-means++ seeding + Lloyd run. Centroids are (k, d) points (direct) or (k, n) row weights W with
-    c = W X (Gram), so the inner product x_i·c_j is ``data @ c.T`` in both modes."""
+def _restart(u, data, sq, tol_abs, k, trials, *, max_iter: int, gram: bool):
+    """One k-means++ seeding + Lloyd run. Centroids are (n, d) points (direct) or (n, n) row weights W with
+    c = W X (Gram), so the inner product x_i·c_j is ``data @ c.T`` in both modes. Slots j ≥ k are dead: zero
+    centroids that never move, at distance +inf so no row joins them."""
     n = sq.shape[0]
-    seeds = _kmeanspp(key, data, sq, k, gram)
-    c0 = jax.nn.one_hot(seeds, n, dtype=jnp.float32) if gram else data[seeds]
+    alive = jnp.arange(n) < k
+    seeds = _kmeanspp(u, data, sq, k, trials, gram)
+    c0 = jnp.where(alive[:, None], jax.nn.one_hot(seeds, n, dtype=jnp.float32) if gram else data[seeds], 0.0)
 
-    def cross(c):  # (n, k) x_i·c_j and (k,) ||c_j||²
+    def cross(c):  # (n, n) x_i·c_j and (n,) ||c_j||²
         gc = _dot(data, c.T)
         return gc, (jnp.sum(c * gc.T, axis=1) if gram else jnp.sum(c * c, axis=1))
 
+    if gram:  # c0 is one-hot: G c0ᵀ is a column gather, bit for bit what the matmul gives
+        gc0, cc0 = jnp.where(alive[None, :], data[:, seeds], 0.0), jnp.where(alive, sq[seeds], 0.0)
+    else:
+        gc0, cc0 = cross(c0)
+
     def step(state):
         it, c, gc, cc, prev, _ = state
-        dist = jnp.maximum(sq[:, None] - 2 * gc + cc[None, :], 0.0)
+        dist = jnp.where(alive[None, :], jnp.maximum(sq[:, None] - 2 * gc + cc[None, :], 0.0), jnp.inf)
         dmin = jnp.min(dist, axis=1)
         labels = jnp.argmin(dist, axis=1).astype(jnp.int32)
         # ties keep the previous label: coincident centroids (k > distinct rows) then settle instead of swapping
         own = jnp.take_along_axis(dist, jnp.maximum(prev, 0)[:, None], axis=1)[:, 0]
         labels = jnp.where((prev >= 0) & (own <= dmin), prev, labels)
         labels = _reseed_empty(labels, dmin, k)
-        onehot = (labels[:, None] == jnp.arange(k)[None, :]).astype(jnp.float32)
-        w = onehot.T / jnp.sum(onehot, axis=0)[:, None]  # every count ≥ 1 after re-seeding
+        onehot = (labels[:, None] == jnp.arange(n)[None, :]).astype(jnp.float32)
+        w = onehot.T / jnp.maximum(jnp.sum(onehot, axis=0), 1.0)[:, None]  # live counts ≥ 1; dead rows stay 0
         new = w if gram else _dot(w, data)  # one-hot matmul rather than a scatter-add: deterministic on GPU
+        gc_new, cc_new = cross(new)
         delta = new - c
-        shift = jnp.sum(delta * _dot(delta, data)) if gram else jnp.sum(delta * delta)  # exactly 0 if unchanged
-        return (it + 1, new, *cross(new), labels, shift)
+        # Σ_j ||c_j' − c_j||², exactly 0 if unchanged. Gram: δ·(G δᵀ) with G δᵀ = gc' − gc, which saves a second n³
+        # matmul per step (checked against float64: as accurate as the matmul form, ~1e-6 relative)
+        shift = jnp.sum(delta * (gc_new - gc).T) if gram else jnp.sum(delta * delta)
+        return it + 1, new, gc_new, cc_new, labels, shift
 
-    init = (jnp.int32(0), c0, *cross(c0), jnp.full(n, -1, jnp.int32), jnp.float32(jnp.inf))
+    init = (jnp.int32(0), c0, gc0, cc0, jnp.full(n, -1, jnp.int32), jnp.float32(jnp.inf))
     it, _, gc, cc, labels, _ = jax.lax.while_loop(lambda s: (s[0] < max_iter) & (s[5] > tol_abs), step, init)
     # cost to pick the best restart; the reported inertia is recomputed exactly from x for the kept one
     dist = sq - 2 * jnp.take_along_axis(gc, labels[:, None], axis=1)[:, 0] + cc[labels]
     return labels, jnp.sum(jnp.maximum(dist, 0.0)), it
 
 
-@partial(jax.jit, static_argnames=("k", "n_init", "max_iter", "gram"))
-def _fit(x, key, tol, *, k: int, n_init: int, max_iter: int, gram: bool):
+@partial(jax.jit, static_argnames=("gram",))
+def _prepare(x, *, gram: bool):
+    """Centred data for the core (G = Xc Xcᵀ in Gram mode, else Xc), squared row norms, the mean per-feature variance
+    (sklearn's tolerance unit) and which rows are finite (checked on the host before the core runs).
+
+    Kept out of ``_core`` so that in Gram mode the core's signature holds only n: this one matmul is all that
+    compiles per (n, d)."""
     n, d = x.shape
     xc = x - jnp.mean(x, axis=0, keepdims=True)  # centring keeps the optimum and avoids cancellation in ||x||² − 2x·c
     sq = jnp.sum(xc * xc, axis=1)
-    tol_abs = tol * jnp.sum(sq) / (n * d)  # tol × mean per-feature variance (sklearn)
-    data = _dot(xc, xc.T) if gram else xc
-    if gram:
-        sq = jnp.diagonal(data)
-    run = partial(_restart, data=data, sq=sq, tol_abs=tol_abs, k=k, max_iter=max_iter, gram=gram)
-    labels, cost, n_iter = jax.vmap(run)(jax.random.split(key, n_init))
-    best = jnp.argmin(cost)
-    return labels[best], n_iter[best]
+    var = jnp.sum(sq) / (n * d)
+    finite = jnp.min(jnp.isfinite(x).astype(jnp.float32), axis=1) > 0  # not jnp.all: ~5× slower to compile on CPU
+    if not gram:
+        return xc, sq, var, finite
+    g = _dot(xc, xc.T)
+    return g, jnp.diagonal(g), var, finite
 
 
-@partial(jax.jit, static_argnames=("k",))
-def _finish(x, labels, k: int):
-    """Canonical relabelling (by first appearance), cluster means and the exact cost, in one pass over x."""
+def _canonical(labels: jax.Array) -> jax.Array:
+    """Renumber clusters by first appearance (labels[0] == 0), over n slots: any label range below n works."""
     n = labels.shape[0]
-    first = jnp.full(k, n, jnp.int32).at[labels].min(jnp.arange(n, dtype=jnp.int32))
-    rank = jnp.zeros(k, jnp.int32).at[jnp.argsort(first)].set(jnp.arange(k, dtype=jnp.int32))
-    labels = rank[labels]
+    slots = jnp.arange(n, dtype=jnp.int32)
+    first = jnp.full(n, n, jnp.int32).at[labels].min(slots)  # unused slots (n) sort last
+    rank = jnp.zeros(n, jnp.int32).at[jnp.argsort(first, stable=True)].set(slots)
+    return rank[labels]
+
+
+@partial(jax.jit, static_argnames=("n_init", "max_iter", "gram"))
+def _core(data, sq, var, tol, key, k, trials, *, n_init: int, max_iter: int, gram: bool):
+    """Canonical labels and Lloyd iterations of the best of n_init restarts.
+
+    k (and its trial count) are traced: one executable serves every k ≤ n, and in Gram mode every d as well."""
+    n = sq.shape[0]
+    run = partial(_restart, data=data, sq=sq, tol_abs=tol * var, k=k, trials=trials, max_iter=max_iter, gram=gram)
+    shape = (n_init, n, _trials(n))  # n: the most trials any k ≤ n needs
+    u = jax.random.uniform(key, (math.prod(shape),)).reshape(shape)  # flat: a 1-D threefry compiles ~3× faster
+    labels, cost, n_iter = jax.vmap(run)(u)
+    best = jnp.argmin(cost)
+    return _canonical(labels[best]), n_iter[best]
+
+
+@jax.jit
+def _finish(x, labels):
+    """Cluster means and the exact cost from x, over n cluster slots (unused ones get the mean of x): compiles once
+    per shape of x, whatever k; the caller keeps the first k centroids."""
+    n = labels.shape[0]
     mean = jnp.mean(x, axis=0, keepdims=True)
     xc = x - mean
-    onehot = (labels[:, None] == jnp.arange(k)[None, :]).astype(jnp.float32)
+    onehot = (labels[:, None] == jnp.arange(n)[None, :]).astype(jnp.float32)
     centroids = _dot(onehot.T, xc) / jnp.maximum(jnp.sum(onehot, axis=0), 1.0)[:, None]
     cost = jnp.sum(jnp.square(xc - centroids[labels]))
-    return labels, centroids + mean, cost
+    return centroids + mean, cost
 
 
 def _as_matrix(x) -> jax.Array:
     x = jnp.asarray(x, jnp.float32)
     if x.ndim != 2:
         raise ValueError(f"x must be a 2-D (rows, features) matrix, got shape {x.shape}")
-    finite = np.asarray(jnp.all(jnp.isfinite(x), axis=1))
+    return x
+
+
+def _check_finite(finite: np.ndarray) -> None:
     if not finite.all():
         bad = np.flatnonzero(~finite)
         more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
         raise ValueError(f"x has NaN/inf values (as float32) in rows {bad[:10].tolist()}{more}")
-    return x
 
 
-def kmeans(x, k: int, *, key: jax.Array, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4,
-           gram: bool | None = None) -> KMeansResult:
-    """Cluster the rows of ``x`` (n, d) into k clusters; best of ``n_init`` greedy-k-means++/Lloyd restarts.
-
-    ``gram``: True runs on G = X Xᵀ (memory n², for d ≫ n), False on x directly, None picks by shape (d > n).
-    Same key → identical labels. Call outside ``jit``: the inputs are validated on the host.
-    """
+def _cluster(x, k: int, key: jax.Array, n_init: int, max_iter: int, tol: float, gram: bool | None):
+    """Validate, then run the restarts; returns (x as float32, canonical labels, n_iter)."""
     x = _as_matrix(x)
     n, d = x.shape
+    use_gram = _use_gram(n, d, gram)
+    data, sq, var, finite = _prepare(x, gram=use_gram)
+    _check_finite(np.asarray(finite))
     k, n_init, max_iter = operator.index(k), operator.index(n_init), operator.index(max_iter)
     if not 1 <= k <= n:
         raise ValueError(f"k must satisfy 1 <= k <= n (number of rows = {n}), got k={k}")
@@ -179,18 +230,42 @@ def kmeans(x, k: int, *, key: jax.Array, n_init: int = 10, max_iter: int = 300, 
         raise ValueError(f"max_iter must be >= 1, got {max_iter}")
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol}")
-    labels, n_iter = _fit(x, key, jnp.float32(tol), k=k, n_init=n_init, max_iter=max_iter,
-                          gram=_use_gram(n, d, gram))
-    labels, centroids, cost = _finish(x, labels, k)
+    # k and its trial count go in as traced values: a new k (another folding ratio) compiles nothing
+    labels, n_iter = _core(data, sq, var, np.float32(tol), key, np.int32(k), np.int32(_trials(k)),
+                           n_init=n_init, max_iter=max_iter, gram=use_gram)
+    return x, labels, n_iter
+
+
+def kmeans(x, k: int, *, key: jax.Array, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4,
+           gram: bool | None = None) -> KMeansResult:
+    """Cluster the rows of ``x`` (n, d) into k clusters; best of ``n_init`` greedy-k-means++/Lloyd restarts.
+
+    ``gram``: True runs on G = X Xᵀ (memory n², for d ≫ n), False on x directly, None picks by shape (d > n).
+    Same key → identical labels. Call outside ``jit``: the inputs are validated on the host.
+    """
+    x, labels, n_iter = _cluster(x, k, key, n_init, max_iter, tol, gram)
+    n = x.shape[0]
+    centroids, cost = _finish(x, labels)
+    if k < n:  # sliced on the host: a device-side slice would compile once per k
+        centroids = jax.device_put(np.asarray(centroids)[:k], centroids.sharding)
     return KMeansResult(labels, centroids, cost, n_iter)
+
+
+def kmeans_labels(x, k: int, *, key: jax.Array, n_init: int = 10, max_iter: int = 300, tol: float = 1e-4,
+                  gram: bool | None = None) -> jax.Array:
+    """Only the labels of :func:`kmeans` (identical for the same arguments), skipping the centroid/inertia pass —
+    what folding needs, one compiled executable fewer per feature shape."""
+    return _cluster(x, k, key, n_init, max_iter, tol, gram)[1]
 
 
 def inertia(x, labels) -> jax.Array:
     """k-means cost Σ_i ||x_i − mean of i's cluster||² of a labelling, computed exactly as ``kmeans`` reports it."""
     x = _as_matrix(x)
-    labels = jnp.asarray(labels, jnp.int32)
+    _check_finite(np.all(np.isfinite(np.asarray(x)), axis=1))
+    labels = np.asarray(labels).astype(np.int32)
     if labels.shape != (x.shape[0],):
         raise ValueError(f"labels must have shape ({x.shape[0]},) to match x, got {labels.shape}")
-    if int(labels.min()) < 0:
+    if labels.min() < 0:
         raise ValueError("labels must be >= 0")
-    return _finish(x, labels, int(labels.max()) + 1)[2]
+    _, dense = np.unique(labels, return_inverse=True)  # into [0, n): the slots _finish has
+    return _finish(x, jnp.asarray(dense.reshape(-1), jnp.int32))[1]

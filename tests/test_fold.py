@@ -9,9 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfold import fold as fold_lib
 from jaxfold import models, tree
-from jaxfold.fold import duplicate_channels, fold, permute_group
+from jaxfold.fold import duplicate_channels, fold, k_for_ratio, merge_group, permute_group, resolve_plan
 
 CONFIGS = {
     "resnet18": models.resnet18(in_channels=1, width=0.125, image_size=16),
@@ -149,7 +148,7 @@ def test_merge_is_mean_for_producers_and_sum_for_consumers():
     variables = _random_variables(cfg)
     group = cfg.fold_spec().groups[0]
     labels = jnp.asarray([0, 1, 0])
-    merged = tree.unflatten(fold_lib.merge_group(tree.flatten(variables), group, labels, 3, 2))
+    merged = tree.unflatten(merge_group(tree.flatten(variables), group, labels, 3, 2))
     w_in, w_out = variables["params"]["fc0"]["kernel"], variables["params"]["classifier"]["kernel"]
     np.testing.assert_allclose(merged["params"]["fc0"]["kernel"][:, 0], (w_in[:, 0] + w_in[:, 2]) / 2, rtol=1e-6)
     np.testing.assert_allclose(merged["params"]["classifier"]["kernel"][0], w_out[0] + w_out[2], rtol=1e-6)
@@ -159,17 +158,17 @@ def test_merge_is_mean_for_producers_and_sum_for_consumers():
 
 def test_plans():
     widths = {"a": 64, "b": 10}
-    assert fold_lib.resolve_plan(0.25, widths) == {"a": 48, "b": 7}
-    assert fold_lib.resolve_plan({"a": 0.5}, widths) == {"a": 32, "b": 10}
-    assert fold_lib.resolve_plan(lambda g, n: n // 2, widths) == {"a": 32, "b": 5}
-    assert fold_lib.resolve_plan(0.99, widths) == {"a": 1, "b": 1}  # k ≥ 1
-    assert fold_lib.k_for_ratio(64, 0.1) == 57  # floor(57.6), the paper's int(n·(1−r))
+    assert resolve_plan(0.25, widths) == {"a": 48, "b": 7}
+    assert resolve_plan({"a": 0.5}, widths) == {"a": 32, "b": 10}
+    assert resolve_plan(lambda g, n: n // 2, widths) == {"a": 32, "b": 5}
+    assert resolve_plan(0.99, widths) == {"a": 1, "b": 1}  # k ≥ 1
+    assert k_for_ratio(64, 0.1) == 57  # floor(57.6), the paper's int(n·(1−r))
 
 
 @pytest.mark.parametrize("plan", [1.0, -0.1, float("nan")])
 def test_bad_ratios(plan):
     with pytest.raises(ValueError, match=r"in \[0, 1\)"):
-        fold_lib.resolve_plan(plan, {"a": 4})
+        resolve_plan(plan, {"a": 4})
 
 
 def test_bad_inputs_fail_clearly():

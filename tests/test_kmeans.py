@@ -1,10 +1,12 @@
 """k-means: as good as sklearn's, deterministic, canonical labels, never NaN on degenerate data, Gram == direct."""
 
+import logging
+
 import jax
 import numpy as np
 import pytest
 
-from jaxfold.kmeans import KMeansResult, _reseed_empty, _use_gram, inertia, kmeans
+from jaxfold.kmeans import KMeansResult, _core, _finish, _prepare, _reseed_empty, _use_gram, inertia, kmeans
 
 KEY = jax.random.key(0)
 
@@ -39,8 +41,13 @@ def test_inertia_matches_sklearn(x, k):
     sklearn_cluster = pytest.importorskip("sklearn.cluster")
     r = kmeans(x, k, key=KEY)
     labels, centroids = _check(x, r, k)
-    ref = sklearn_cluster.KMeans(n_clusters=k, n_init=10, random_state=0).fit(x.astype(np.float64)).inertia_
-    assert float(r.inertia) <= 1.01 * ref
+    # as good as sklearn: means over 10 seeds on both sides. One seed is a lottery on data without clear clusters:
+    # on the gaussian case about half of all keys, before and after k became traced, land above 1.01 × sklearn's
+    # random_state=0 (both sides' restarts have the same inertia distribution, 722 ± 14 there).
+    ours = np.mean([float(kmeans(x, k, key=jax.random.key(s)).inertia) for s in range(10)])
+    ref = np.mean([sklearn_cluster.KMeans(n_clusters=k, n_init=10, random_state=s).fit(x.astype(np.float64)).inertia_
+                   for s in range(10)])
+    assert ours <= 1.01 * ref
     # the reported inertia is the cost of the returned labels, and the centroids are their cluster means
     np.testing.assert_allclose(float(inertia(x, labels)), float(r.inertia), rtol=1e-6)
     direct = sum(np.sum((x[labels == j] - x[labels == j].mean(0)) ** 2, dtype=np.float64) for j in range(k))
@@ -98,7 +105,8 @@ def test_reseed_empty_moves_farthest_movable_rows():
     labels = jax.numpy.array([0, 0, 0, 1, 1, 0], jax.numpy.int32)  # clusters 2 and 3 empty
     dmin = jax.numpy.array([5.0, 0.5, 9.0, 7.0, 1.0, 3.0])
     out = np.asarray(_reseed_empty(labels, dmin, 4))
-    # the two farthest rows (2, then 3) move; row 4 is cluster 1's closest row so cluster 1 is never emptied
+    # the two farthest rows (2, then 3) move; row 4 is cluster 1's closest row so cluster 1 is never emptied; slots
+    # 4 and 5 (capacity n = 6) are beyond k = 4: dead, never re-seeded
     np.testing.assert_array_equal(out, [0, 0, 2, 3, 1, 0])
     # only one row per cluster: the remaining movable rows are still distinct and no donor empties
     out = np.asarray(_reseed_empty(jax.numpy.array([0, 0, 0, 0], jax.numpy.int32), jax.numpy.zeros(4), 4))
@@ -145,3 +153,23 @@ def test_bad_inputs():
             kmeans(x, k, key=KEY)
     with pytest.raises(ValueError, match="n_init"):
         kmeans(x, 2, key=KEY, n_init=0)
+
+
+def test_one_core_executable_for_every_k(caplog):
+    """Folding calls kmeans per layer group and again at every ratio: k is traced, so a new k compiles nothing at all,
+    and in Gram mode the core only sees G (n × n), so another feature count reuses it too."""
+    x = _gaussian(48, 7, seed=5)  # shapes that no other test uses
+    kmeans(x, 3, key=KEY, n_init=2)
+    sizes = _core._cache_size(), _prepare._cache_size(), _finish._cache_size()
+    with caplog.at_level(logging.WARNING), jax.log_compiles():
+        for k in (5, 7, 48):
+            _check(x, kmeans(x, k, key=KEY, n_init=2), k)
+    assert (_core._cache_size(), _prepare._cache_size(), _finish._cache_size()) == sizes
+    assert not [m for m in caplog.messages if "Finished XLA compilation" in m]
+
+    kmeans(_gaussian(48, 100, seed=6), 4, key=KEY, n_init=2)  # d > n: Gram mode
+    core = _core._cache_size()
+    for d, k in ((300, 6), (1000, 2)):
+        xg = _gaussian(48, d, seed=d)
+        _check(xg, kmeans(xg, k, key=KEY, n_init=2), k)
+    assert _core._cache_size() == core  # only the cheap _prepare/_finish compiled for the new (n, d)

@@ -119,3 +119,31 @@ def test_vgg_adaptive_pool_matches_definition():
     # torch bins for 5 → 3: [0,2), [1,4), [3,5)
     np.testing.assert_allclose(y[:, 1, 2], x[:, 1:4, 3:5].mean(axis=(1, 2)), rtol=1e-6)
     assert adaptive_avg_pool(jnp.ones((1, 1, 1, 4)), 7).shape == (1, 7, 7, 4)
+
+
+def _measured_flops(cfg):
+    """2 × MACs of every Conv/Dense call, read off the actual forward pass (shapes only, via eval_shape)."""
+    import flax.linen as nn
+
+    total = []
+
+    def count(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__" and isinstance(context.module, nn.Conv | nn.Dense):
+            kernel = context.module.variables["params"]["kernel"]
+            total.append(2 * (out.size // out.shape[0]) * int(np.prod(kernel.shape[:-1])))
+        return out
+
+    variables = cfg.abstract_variables()
+    with nn.intercept_methods(count):
+        jax.eval_shape(lambda v, x: cfg.module().apply(v, x, train=False), variables,
+                       jax.ShapeDtypeStruct((2, *cfg.input_shape), jnp.float32))
+    return sum(total)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"{c.arch}-{c.image_size}")
+@pytest.mark.parametrize("irregular", [False, True])
+def test_analytic_flops_equal_the_forward_pass(cfg, irregular):
+    cfg = _irregular(cfg) if irregular else cfg
+    assert cfg.flops() == _measured_flops(cfg)
+

@@ -48,6 +48,12 @@ class LeNetConfig(ModelConfig):
         unfoldable = [("params/conv1/kernel", 2), ("params/fc3/kernel", 1), ("params/fc3/bias", 0)]
         return FoldSpec(groups, tuple(unfoldable + conv_window("conv1") + conv_window("conv2")))
 
+    def flops(self) -> int:
+        c1, c2 = self.conv_widths
+        f1, f2 = self.fc_widths
+        macs = 28 * 28 * 25 * self.in_channels * c1 + 10 * 10 * 25 * c1 * c2  # both input sizes give 28×28, 10×10
+        return 2 * (macs + 25 * c2 * f1 + f1 * f2 + f2 * self.num_classes)
+
     def param_count(self) -> int:
         c1, c2 = self.conv_widths
         f1, f2 = self.fc_widths

@@ -6,6 +6,7 @@ Each hidden layer's width is its own config field entry, so folded MLPs may have
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -38,6 +39,10 @@ class MLPConfig(ModelConfig):
                              (("hidden_widths", i),)) for i in range(n))
         return FoldSpec(groups, (("params/fc0/kernel", 0), ("params/classifier/kernel", 1),
                                  ("params/classifier/bias", 0)))
+
+    def flops(self) -> int:
+        widths = (self.image_size**2 * self.in_channels, *self.hidden_widths, self.num_classes)
+        return 2 * sum(a * b for a, b in itertools.pairwise(widths))
 
     def param_count(self) -> int:
         total, cin = 0, self.image_size**2 * self.in_channels

@@ -14,7 +14,16 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxfold.models.base import BatchNorm, ModelConfig, bn_params, conv_init, conv_params, dense_params, register
+from jaxfold.models.base import (
+    BatchNorm,
+    ModelConfig,
+    bn_params,
+    conv_init,
+    conv_out_size,
+    conv_params,
+    dense_params,
+    register,
+)
 from jaxfold.models.base import scale as scale_width
 from jaxfold.spec import FoldSpec, Group, Member, batchnorm, conv_in, conv_out, conv_window, dense_in
 
@@ -82,6 +91,25 @@ class ResNetConfig(ModelConfig):
 
     def fold_spec(self) -> FoldSpec:
         return fold_spec(self)
+
+    def flops(self) -> int:
+        s = self.image_size
+        if self.stem == "cifar":
+            macs = s * s * 9 * self.in_channels * self.stem_width
+        else:
+            s = conv_out_size(s, 7, 2, 3)
+            macs = s * s * 49 * self.in_channels * self.stem_width
+            s = conv_out_size(s, 3, 2, 1)
+        for (cin, cout, stride, proj), inner in zip(self._block_io(), self.inner_widths, strict=True):
+            out = conv_out_size(s, 3, stride, 1)
+            if self.block == "basic":
+                macs += out * out * 9 * (cin * inner[0] + inner[0] * cout)
+            else:
+                macs += s * s * cin * inner[0] + out * out * (9 * inner[0] * inner[1] + inner[1] * cout)
+            if proj:
+                macs += out * out * cin * cout
+            s = out
+        return 2 * (macs + self.stream_widths[-1] * self.num_classes)
 
     def param_count(self) -> int:
         k = 3 if self.stem == "cifar" else 7

@@ -77,6 +77,19 @@ class VGGConfig(ModelConfig):
         unfoldable += [(f"params/classifier_{n_fc}/kernel", 1), (f"params/classifier_{n_fc}/bias", 0)]
         return FoldSpec(tuple(groups), tuple(unfoldable))
 
+    def flops(self) -> int:
+        macs, cin, s = 0, self.in_channels, self.image_size
+        for i, w in enumerate(self.conv_widths):
+            macs += s * s * 9 * cin * w
+            cin = w
+            if i in self.pools_after:
+                s = -(-s // 2)  # ceil-mode pool
+        cin *= self.pool_size**2
+        for w in (*self.classifier_widths, self.num_classes):
+            macs += cin * w
+            cin = w
+        return 2 * macs
+
     def param_count(self) -> int:
         total, cin = 0, self.in_channels
         for w in self.conv_widths:

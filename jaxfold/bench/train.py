@@ -14,10 +14,8 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -26,6 +24,7 @@ import ml_collections
 import numpy as np
 
 from jaxfold import models
+from jaxfold.io.files import write_text_atomic
 from jaxfold.models.resnet import ResNetConfig
 from jaxfold.train import make_optimizer, make_train_step
 
@@ -109,19 +108,7 @@ def _timers(args: argparse.Namespace, torch: Any) -> tuple[dict[str, Callable[[]
              "torch_eval": torch_infer}, {"params": cfg.param_count(), "stream_widths": list(cfg.stream_widths)})
 
 
-def _write_atomic(path: str, text: str) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp makes it 0600
-    os.replace(tmp, target)
-
-
-def main(what: str, argv: list[str]) -> int:
-    if what != "train":
-        raise ValueError(f"unknown benchmark {what!r}; known: train")
+def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="jaxfold bench train",
                                 description="jaxfold vs PyTorch eager throughput, ResNet18 (CIFAR stem)")
     p.add_argument("--width", type=float, default=0.125)
@@ -180,5 +167,5 @@ def main(what: str, argv: list[str]) -> int:
     line = json.dumps(result)
     print(line)
     if args.out:
-        _write_atomic(args.out, line + "\n")
+        write_text_atomic(args.out, line + "\n")
     return 0
