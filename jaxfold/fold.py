@@ -177,7 +177,8 @@ def fold(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, key: jax.Arra
         t0 = time.perf_counter()
         if k == n:
             labels[group.name] = np.arange(n)
-            groups_report.append({"group": group.name, "n": n, "k": k, "inertia": 0.0, "seconds": 0.0})
+            groups_report.append({"group": group.name, "n": n, "k": k, "channel_ratio": 0.0, "inertia": 0.0,
+                                  "seconds": 0.0})
             continue
         x = group_features(flat, group, n)
         lab = np.asarray(cluster(x, k, jax.random.fold_in(key, index))).astype(np.int64).reshape(-1)
@@ -187,7 +188,8 @@ def fold(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, key: jax.Arra
         x_np = np.asarray(x, np.float64)
         lab = _fill_empty_clusters(lab, k, x_np)
         labels[group.name] = lab
-        groups_report.append({"group": group.name, "n": n, "k": k, "inertia": _inertia(x_np, lab, k),
+        groups_report.append({"group": group.name, "n": n, "k": k, "channel_ratio": 1.0 - k / n,
+                              "inertia": _inertia(x_np, lab, k),
                               "seconds": round(time.perf_counter() - t0, 4)})
 
     new_flat = dict(flat)

@@ -19,6 +19,7 @@ def test_fold_model_rebuilds_smaller_model():
     assert r["params_after"] == r["params_analytic"] == tree.count(folded.variables["params"])
     assert r["flops_after"] == folded.config.flops() < r["flops_before"] == cfg.flops()
     assert 0.3 < r["param_sparsity"] < 0.5  # ≈ 1 − 0.75²
+    assert {g["group"]: round(g["channel_ratio"], 4) for g in r["groups"]}["stream4"] == 0.25  # 64 → 48
     logits = folded.config.module().apply(folded.variables, np.ones((2, 16, 16, 1), np.float32), train=False)
     assert logits.shape == (2, 10)
 
