@@ -41,7 +41,12 @@ def sklearn_clusterer(seed: int = 0):
     return cluster
 
 
-def _setup(width: float) -> tuple[models.ModelConfig, dict]:
+def _setup(width: float, checkpoint_path: str = "") -> tuple[models.ModelConfig, dict]:
+    if checkpoint_path:  # real trained features, e.g. the Fashion-MNIST ResNet18 of configs/resnet18_fmnist.py
+        from jaxfold.io import checkpoint
+
+        variables, cfg, _ = checkpoint.restore(checkpoint_path)
+        return cfg, variables
     cfg = models.resnet18(stem="cifar", in_channels=3, num_classes=10, width=width)
     return cfg, cfg.init(jax.random.key(0))  # random weights: timing does not depend on training
 
@@ -54,17 +59,17 @@ def _fold(impl: str, cfg: models.ModelConfig, variables: dict, ratio: float) -> 
     return time.perf_counter() - t0, result.report
 
 
-def _child(impl: str, width: float, ratio: float, cache: str) -> None:
+def _child(impl: str, width: float, ratio: float, cache: str, checkpoint_path: str) -> None:
     if cache:
         compile_cache.enable(cache)
-    cfg, variables = _setup(width)
+    cfg, variables = _setup(width, checkpoint_path)
     seconds, report = _fold(impl, cfg, variables, ratio)
     print(json.dumps({"fold_seconds": seconds, "inertia": {g["group"]: g["inertia"] for g in report["groups"]}}))
 
 
-def _cold(impl: str, width: float, ratio: float, cache: str = "") -> tuple[float, dict]:
-    cmd = [sys.executable, "-m", "jaxfold.bench.fold", "--child", impl, "--width", str(width), "--ratio", str(ratio),
-           "--cache", cache]
+def _cold(impl: str, args: argparse.Namespace, cache: str) -> tuple[float, dict]:
+    cmd = [sys.executable, "-m", "jaxfold.bench.fold", "--child", impl, "--width", str(args.width), "--ratio",
+           str(args.cold_ratio), "--cache", cache, "--checkpoint", args.checkpoint]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
@@ -76,6 +81,7 @@ def _cold(impl: str, width: float, ratio: float, cache: str = "") -> tuple[float
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="jaxfold bench fold", description=__doc__.split("\n\n")[0])
     p.add_argument("--width", type=float, default=1.0, help="ResNet18 width multiplier (1.0: 11.17M params)")
+    p.add_argument("--checkpoint", default="", help="fold this jaxfold checkpoint instead of a random ResNet18")
     p.add_argument("--cold-ratio", type=float, default=0.25)
     p.add_argument("--warm-ratio", type=float, default=0.45)
     p.add_argument("--repeats", type=int, default=3, help="cold processes and warm folds per implementation")
@@ -85,7 +91,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--cache", default="", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        _child(args.child, args.width, args.ratio, args.cache)
+        _child(args.child, args.width, args.ratio, args.cache, args.checkpoint)
         return 0
     try:
         import sklearn  # noqa: F401
@@ -106,13 +112,13 @@ def main(argv: list[str]) -> int:
         for r in range(args.repeats):  # alternate which goes first
             for impl in impls if r % 2 == 0 else impls[::-1]:
                 with tempfile.TemporaryDirectory(prefix="jaxfold-xla-") as empty:
-                    wall, child = _cold(impl, args.width, args.cold_ratio, empty)
+                    wall, child = _cold(impl, args, empty)
                 cold[impl].append(wall)
                 cold_inertia[impl] = child["inertia"]
                 if r == 0:
-                    _cold(impl, args.width, args.cold_ratio, warm_cache)  # fills the cache
-                cached[impl].append(_cold(impl, args.width, args.cold_ratio, warm_cache)[0])
-    cfg, variables = _setup(args.width)
+                    _cold(impl, args, warm_cache)  # fills the cache
+                cached[impl].append(_cold(impl, args, warm_cache)[0])
+    cfg, variables = _setup(args.width, args.checkpoint)
     warm = {i: [] for i in impls}
     warm_inertia = {}
     for impl in impls:
@@ -128,7 +134,7 @@ def main(argv: list[str]) -> int:
     med = {k: {i: statistics.median(v[i]) for i in impls}
            for k, v in (("cold", cold), ("cold_cached", cached), ("warm", warm))}
     result = {
-        "benchmark": "fold", "model": "resnet18", "stem": "cifar", "width": args.width, "params": cfg.param_count(),
+        "benchmark": "fold", "model": cfg.to_dict(), "checkpoint": args.checkpoint, "params": cfg.param_count(),
         "groups": len(cfg.fold_spec().groups), "cold_ratio": args.cold_ratio, "warm_ratio": args.warm_ratio,
         "repeats": args.repeats, "cold_seconds": cold, "cold_cached_seconds": cached, "warm_seconds": warm,
         "median": med, "speedup_cold": med["cold"]["sklearn"] / med["cold"]["jaxfold"],
@@ -139,7 +145,8 @@ def main(argv: list[str]) -> int:
         "device_kind": jax.devices()[0].device_kind, "jax_version": jax.__version__, "cpu_count": os.cpu_count(),
         "load_avg_1min_before": load,
     }
-    print(f"ResNet18 (CIFAR stem) width {args.width}, {result['params']:,} params, {result['groups']} groups; "
+    print(f"{args.checkpoint or f'random ResNet18 (CIFAR stem) width {args.width}'}, {result['params']:,} params, "
+          f"{result['groups']} groups; "
           f"{result['device_kind']}; medians of {args.repeats}\n")
     print("| | jaxfold (s) | sklearn PCA+KMeans (s) | speed-up | max per-group inertia ratio |\n|---|---|---|---|---|")
     rows = (("cold", "cold, empty compile cache", args.cold_ratio, "cold"),
