@@ -7,7 +7,20 @@
 
 from __future__ import annotations
 
+import json
+
 BENCHMARKS = ("train", "fold")
+
+
+def emit(result: dict, out: str) -> int:
+    """Print the result as one JSON line and, if asked, write it atomically to ``out``."""
+    from jaxfold.io.files import write_text_atomic
+
+    line = json.dumps(result)
+    print(line)
+    if out:
+        write_text_atomic(out, line + "\n")
+    return 0
 
 
 def main(what: str, argv: list[str]) -> int:

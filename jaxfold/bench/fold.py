@@ -23,8 +23,8 @@ import jax
 import numpy as np
 
 from jaxfold import compile_cache, models
+from jaxfold.bench import emit
 from jaxfold.fold import fold
-from jaxfold.io.files import write_text_atomic
 
 
 def sklearn_clusterer(seed: int = 0):
@@ -155,11 +155,7 @@ def main(argv: list[str]) -> int:
     for kind, label, ratio, inertia_kind in rows:
         print(f"| {label}, r = {ratio} | {med[kind]['jaxfold']:.2f} | {med[kind]['sklearn']:.2f} | "
               f"{result[f'speedup_{kind}']:.1f}× | {result[f'max_group_inertia_ratio_{inertia_kind}']:.4f} |")
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        write_text_atomic(args.out, line + "\n")
-    return 0
+    return emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ are timed in interleaved rounds so background load hits both frameworks alike; m
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -24,7 +23,7 @@ import ml_collections
 import numpy as np
 
 from jaxfold import models
-from jaxfold.io.files import write_text_atomic
+from jaxfold.bench import emit
 from jaxfold.models.resnet import ResNetConfig
 from jaxfold.train import make_optimizer, make_train_step
 
@@ -164,8 +163,4 @@ def main(argv: list[str]) -> int:
         j, t = stats[f"jaxfold_{kind}"], stats[f"torch_{kind}"]
         print(f"| {kind} | {j['median']:.1f} ({j['min']:.1f}–{j['max']:.1f}) | {t['median']:.1f} "
               f"({t['min']:.1f}–{t['max']:.1f}) | {result[f'ratio_{kind}']:.2f}× |")
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        write_text_atomic(args.out, line + "\n")
-    return 0
+    return emit(result, args.out)

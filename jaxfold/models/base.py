@@ -56,8 +56,8 @@ class ModelConfig:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        """Shape of one example (no batch axis)."""
-        raise NotImplementedError
+        """Shape of one example (no batch axis): square NHWC images for every image model here."""
+        return (self.image_size, self.image_size, self.in_channels)  # type: ignore[attr-defined]
 
     def fold_spec(self) -> FoldSpec:
         """The architecture's fold spec (groups of jointly folded axes; see :mod:`jaxfold.spec`)."""

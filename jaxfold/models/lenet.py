@@ -30,10 +30,6 @@ class LeNetConfig(ModelConfig):
         if self.image_size not in (28, 32):
             raise ValueError(f"LeNet5 takes 28×28 or 32×32 inputs, got image_size={self.image_size}")
 
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (self.image_size, self.image_size, self.in_channels)
-
     def module(self) -> nn.Module:
         return LeNet5(self)
 

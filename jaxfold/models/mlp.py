@@ -25,10 +25,6 @@ class MLPConfig(ModelConfig):
     image_size: int = 32
     hidden_widths: tuple[int, ...] = (512, 512, 512)
 
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (self.image_size, self.image_size, self.in_channels)
-
     def module(self) -> nn.Module:
         return MLP(self)
 

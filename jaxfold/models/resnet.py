@@ -82,10 +82,6 @@ class ResNetConfig(ModelConfig):
                 cin, i = self.stream_widths[s], i + 1
         return out
 
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (self.image_size, self.image_size, self.in_channels)
-
     def module(self) -> nn.Module:
         return ResNet(self)
 

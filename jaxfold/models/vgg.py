@@ -54,10 +54,6 @@ class VGGConfig(ModelConfig):
         if not self.conv_widths or any(i >= len(self.conv_widths) for i in self.pools_after):
             raise ValueError(f"pools_after {self.pools_after} must index into conv_widths {self.conv_widths}")
 
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (self.image_size, self.image_size, self.in_channels)
-
     def module(self) -> nn.Module:
         return VGG(self)
 
