@@ -66,9 +66,10 @@ def _cmd_fold(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def _test_accuracy(config, model_cfg, variables) -> float:
     from jaxfold.data import images
-    from jaxfold.eval.classification import evaluate, inference_fn
+    from jaxfold.eval.classification import check_model_fits_data, evaluate, inference_fn
 
     data = images.load(config.data.name, config.data.get("path") or None, config.data.get("image_size", 224))
+    check_model_fits_data(model_cfg, data)
     return evaluate(inference_fn(model_cfg.module()), variables, data.test_images, data.test_labels,
                     mean=data.mean, std=data.std)["accuracy"]
 
@@ -88,11 +89,12 @@ def _cmd_import_torch(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from jaxfold.data import images
-    from jaxfold.eval.classification import evaluate, inference_fn
+    from jaxfold.eval.classification import check_model_fits_data, evaluate, inference_fn
     from jaxfold.io import checkpoint
 
     variables, model_cfg, _ = checkpoint.restore(args.checkpoint)
-    data = images.load(args.data, args.data_path or None)
+    data = images.load(args.data, args.data_path or None, model_cfg.input_shape[0])
+    check_model_fits_data(model_cfg, data)
     metrics = evaluate(inference_fn(model_cfg.module()), variables, data.test_images, data.test_labels,
                        mean=data.mean, std=data.std)
     print(json.dumps({**metrics, "params": model_cfg.param_count()}))

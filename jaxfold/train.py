@@ -22,7 +22,7 @@ from tqdm import tqdm
 from jaxfold import models
 from jaxfold.data import images as image_data
 from jaxfold.data.pipeline import prefetch, train_batches
-from jaxfold.eval.classification import evaluate, inference_fn
+from jaxfold.eval.classification import check_model_fits_data, evaluate, inference_fn
 from jaxfold.io import checkpoint
 
 
@@ -74,12 +74,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     cfg = config.train
     model_cfg = model_config(config)
     data = image_data.load(config.data.name, config.data.get("path") or None, config.data.get("image_size", 224))
-    if data.image_shape != model_cfg.input_shape:
-        raise ValueError(f"dataset {data.name} gives images of shape {data.image_shape} but the model expects "
-                         f"{model_cfg.input_shape}; set --config.model.image_size / in_channels to match")
-    if data.num_classes != model_cfg.num_classes:
-        raise ValueError(f"dataset {data.name} has {data.num_classes} classes, model has {model_cfg.num_classes}: "
-                         f"set --config.model.num_classes={data.num_classes}")
+    check_model_fits_data(model_cfg, data)
     module = model_cfg.module()
     steps_per_epoch = len(data.train_images) // cfg.batch_size
     tx = make_optimizer(cfg, steps_per_epoch)

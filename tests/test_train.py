@@ -85,3 +85,11 @@ def test_cli_reports_bad_override(capsys, tmp_path):
 def test_cli_data_fetch_unknown(capsys):
     assert cli.main(["data", "fetch", "imagenet"]) == 2
     assert "fetchable" in capsys.readouterr().err
+
+
+def test_cli_eval_refuses_model_that_does_not_fit_the_data(tmp_path, capsys):
+    cfg = models.resnet18(in_channels=3, width=0.0625, image_size=32, num_classes=100)
+    checkpoint.save(tmp_path / "ck", cfg.init(jax.random.key(0)), cfg)
+    data = _cifar_dir(tmp_path)
+    code = cli.main(["eval", "--checkpoint", str(tmp_path / "ck"), "--data", "cifar10", "--data-path", str(data)])
+    assert code == 2 and "set --config.model.num_classes=10" in capsys.readouterr().err

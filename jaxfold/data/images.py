@@ -68,7 +68,8 @@ def _cifar(name: str, path: str | os.PathLike | None) -> ImageDataset:
     folder = "cifar-10-batches-py" if name == "cifar10" else "cifar-100-python"
     if path is None:
         raise DatasetMissing(f"{name} is not fetchable here: download and extract the python version "
-                             f"({folder}) and pass its directory with `--config.data.path=DIR`")
+                             f"({folder}) and pass its directory with `--config.data.path=DIR` "
+                             "(`jaxfold eval`: `--data-path DIR`)")
     root = Path(path)
     if (root / folder).is_dir():
         root = root / folder
@@ -110,7 +111,7 @@ def _read_image(path: Path, size: int) -> np.ndarray:
 def _imagefolder(path: str | os.PathLike | None, image_size: int) -> ImageDataset:
     if path is None:
         raise DatasetMissing("imagefolder needs a directory with train/<class>/… and val/<class>/… (or test/): "
-                             "pass it with `--config.data.path=DIR`")
+                             "pass it with `--config.data.path=DIR` (`jaxfold eval`: `--data-path DIR`)")
     root = Path(path)
     test_split = next((s for s in ("val", "test") if (root / s).is_dir()), None)
     if not (root / "train").is_dir() or test_split is None:

@@ -41,6 +41,16 @@ def evaluate(apply_fn: ApplyFn, variables: Any, images: np.ndarray, labels: np.n
     return {"accuracy": correct / n, "loss": loss / n, "examples": int(n)}
 
 
+def check_model_fits_data(model_config: Any, data: Any) -> None:
+    """Refuse a model/dataset pair whose input shape or class count differ, saying which field to change."""
+    if data.image_shape != model_config.input_shape:
+        raise ValueError(f"dataset {data.name} gives images of shape {data.image_shape} but the model expects "
+                         f"{model_config.input_shape}; set --config.model.image_size / in_channels to match")
+    if data.num_classes != model_config.num_classes:
+        raise ValueError(f"dataset {data.name} has {data.num_classes} classes, the model has "
+                         f"{model_config.num_classes}: set --config.model.num_classes={data.num_classes}")
+
+
 @functools.cache
 def inference_fn(module: Any) -> ApplyFn:
     """A cached eval-mode apply function for a (hashable) Flax module, so jit caches hit across calls."""
