@@ -24,6 +24,7 @@ from jaxfold.data import images as image_data
 from jaxfold.data.pipeline import prefetch, train_batches
 from jaxfold.eval.classification import check_model_fits_data, evaluate, inference_fn
 from jaxfold.io import checkpoint
+from jaxfold.io.files import write_text_atomic
 
 
 def model_config(config: ml_collections.ConfigDict) -> models.ModelConfig:
@@ -67,6 +68,12 @@ def _append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def _drop_records_after(path: Path, epoch: int) -> None:
+    if path.exists():
+        lines = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] <= epoch]
+        write_text_atomic(path, "".join(f"{line}\n" for line in lines))
+
+
 def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
     """Train ``config.model`` on ``config.data``; returns the final test metrics."""
     workdir = Path(workdir)
@@ -77,6 +84,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     check_model_fits_data(model_cfg, data)
     module = model_cfg.module()
     steps_per_epoch = len(data.train_images) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(data.train_images)} training images of "
+                         f"{data.name}: lower --config.train.batch_size")
     tx = make_optimizer(cfg, steps_per_epoch)
     key = jax.random.key(cfg.seed)
     init_key, dropout_key = jax.random.split(key)
@@ -90,7 +100,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
         start_epoch = int(restored.pop("epoch"))
         state = restored
         print(f"resuming from {state_dir} at epoch {start_epoch}/{cfg.epochs}")
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True))
+        _drop_records_after(metrics_path, start_epoch)  # an epoch logged but killed before its state was saved
+    write_text_atomic(workdir / "config.json", config.to_json_best_effort(indent=2, sort_keys=True))
 
     step = make_train_step(module, tx)
     apply_fn = inference_fn(module)
@@ -100,11 +111,13 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
                dynamic_ncols=True, mininterval=2.0)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
+        loss_sum = jnp.zeros(())  # accumulated on the device: no host sync per step
         batches = train_batches(data.train_images, data.train_labels, cfg.batch_size, seed=cfg.seed, epoch=epoch,
                                 mean=data.mean, std=data.std, crop_padding=config.data.get("crop_padding", 0),
                                 hflip=data.hflip and config.data.get("hflip", True))
         for x, y in prefetch(batches):
             state, m = step(state, x, y, dropout_key)
+            loss_sum = loss_sum + m["loss"]
             bar.update(1)
             if bar.n % 50 == 0:
                 bar.set_postfix(epoch=epoch + 1, loss=f"{float(m['loss']):.3f}")
@@ -113,7 +126,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
         if (epoch + 1) % cfg.get("eval_every", 1) == 0 or epoch + 1 == cfg.epochs:
             test = evaluate(apply_fn, eval_vars, data.test_images, data.test_labels, mean=data.mean, std=data.std,
                             batch_size=cfg.get("eval_batch_size", 500))
-        record = {"epoch": epoch + 1, "step": int(state["step"]), "train_loss": float(m["loss"]),
+        record = {"epoch": epoch + 1, "step": int(state["step"]), "train_loss": float(loss_sum) / steps_per_epoch,
                   "test_accuracy": test.get("accuracy"), "test_loss": test.get("loss"),
                   "epoch_seconds": round(train_seconds, 2), "elapsed_seconds": round(time.time() - t_start, 2)}
         _append_jsonl(metrics_path, record)

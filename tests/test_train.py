@@ -59,10 +59,12 @@ def test_train_writes_checkpoint_and_resumes(tmp_path, capsys):
     assert 0.0 <= first["accuracy"] <= 1.0 and first["examples"] == 24
     variables, cfg, meta = checkpoint.restore(wd / "checkpoint")
     assert cfg == models.resnet18(width=0.0625) and meta["epochs"] == 1
+    with open(wd / "metrics.jsonl", "a") as f:  # an epoch-2 line from a run killed before its state was saved
+        f.write(json.dumps({"epoch": 2, "step": 999}) + "\n")
     train(_tiny_config(data, 2), wd)  # resumes at epoch 1 instead of starting over
     assert "resuming from" in capsys.readouterr().out
     records = [json.loads(line) for line in (wd / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2] and records[1]["step"] == 2 * 3
+    assert [r["epoch"] for r in records] == [1, 2] and records[1]["step"] == 2 * 3  # the stale line is gone
     restored, _, meta = checkpoint.restore(wd / "checkpoint")
     assert meta["epochs"] == 2
     assert not np.array_equal(restored["params"]["fc"]["kernel"], variables["params"]["fc"]["kernel"])
@@ -93,3 +95,10 @@ def test_cli_eval_refuses_model_that_does_not_fit_the_data(tmp_path, capsys):
     data = _cifar_dir(tmp_path)
     code = cli.main(["eval", "--checkpoint", str(tmp_path / "ck"), "--data", "cifar10", "--data-path", str(data)])
     assert code == 2 and "set --config.model.num_classes=10" in capsys.readouterr().err
+
+
+def test_train_rejects_batch_larger_than_dataset(tmp_path):
+    c = _tiny_config(_cifar_dir(tmp_path), 1)
+    c.train.batch_size = 1000
+    with pytest.raises(ValueError, match="lower --config.train.batch_size"):
+        train(c, tmp_path / "wd")
