@@ -5,6 +5,8 @@ a jitted Lloyd loop with the ``n_init`` restarts batched by ``vmap`` is much fas
 
 Conventions follow sklearn's ``KMeans`` so results are comparable: greedy k-means++ seeding, Lloyd iterations until
 the centroid shift (sum of squared moves) is ≤ ``tol`` × the mean per-feature variance of ``x``, best of ``n_init``.
+Each restart's Lloyd fixed point is then refined by Hartigan's single-row moves (the official code's solver is
+Hartigan's): with k close to n, as at typical folding ratios, Lloyd alone stalls in poorer optima.
 Additions: empty clusters are re-seeded inside the loop (never NaN, every one of the k labels is used), labels are
 canonical (numbered by first appearance), and a Gram mode runs everything on G = X Xᵀ for d ≫ n (attention heads).
 

@@ -173,3 +173,31 @@ def test_one_core_executable_for_every_k(caplog):
         xg = _gaussian(48, d, seed=d)
         _check(xg, kmeans(xg, k, key=KEY, n_init=2), k)
     assert _core._cache_size() == core  # only the cheap _prepare/_finish compiled for the new (n, d)
+
+
+def _best_hartigan_gain(x, labels):
+    """Largest cost decrease any single-row move could still achieve (Hartigan's criterion), in float64."""
+    x = np.asarray(x, np.float64)
+    labels = np.asarray(labels)
+    k = labels.max() + 1
+    sizes = np.bincount(labels, minlength=k)
+    cents = np.stack([x[labels == j].mean(0) for j in range(k)])
+    d = ((x[:, None, :] - cents[None]) ** 2).sum(-1)
+    best = -np.inf
+    for i, a in enumerate(labels):
+        if sizes[a] > 1:
+            gains = sizes[a] / (sizes[a] - 1) * d[i, a] - sizes / (sizes + 1) * d[i]
+            gains[a] = -np.inf
+            best = max(best, gains.max())
+    return best, float(((x - cents[labels]) ** 2).sum())
+
+
+@pytest.mark.parametrize(("n", "d", "k"), [(40, 30, 30), (64, 200, 48), (24, 6, 12)])
+def test_result_is_hartigan_stable(n, d, k):
+    """No single row can move to another cluster and lower the cost: the refinement ran to a Hartigan optimum
+    (stronger than Lloyd's fixed point, which k close to n leaves far from it)."""
+    x = np.random.default_rng(n).standard_normal((n, d)).astype(np.float32)
+    for gram in (False, True):
+        labels = kmeans(x, k, key=jax.random.key(0), gram=gram).labels
+        gain, cost = _best_hartigan_gain(x, labels)
+        assert gain <= 1e-5 * cost / n, (gram, gain)
