@@ -7,6 +7,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+from jaxfold.bench import BENCHMARKS
+
 
 def _split_overrides(extra: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
     bad = [a for a in extra if not a.startswith("--config.")]
@@ -39,8 +41,10 @@ def _cmd_fold(args: argparse.Namespace, overrides: list[str]) -> int:
 
     from jaxfold import config as config_lib
     from jaxfold.compress import fold_model
+    from jaxfold.eval.classification import evaluate_model
     from jaxfold.io import checkpoint
     from jaxfold.io.files import write_json_atomic
+    from jaxfold.train import load_data
 
     config = config_lib.load_with_overrides(args.config, overrides)
     if "fold" not in config:
@@ -53,7 +57,7 @@ def _cmd_fold(args: argparse.Namespace, overrides: list[str]) -> int:
               "correction": "none", **folded.report}
     if fc.get("evaluate", True):
         report["accuracy_before"] = meta.get("test_accuracy")
-        report["accuracy_after"] = _test_accuracy(config, folded.config, folded.variables)
+        report["accuracy_after"] = evaluate_model(folded.config, folded.variables, load_data(config))["accuracy"]
     checkpoint.save(f"{args.workdir}/checkpoint", folded.variables, folded.config, metadata=report)
     write_json_atomic(f"{args.workdir}/report.json", report)
     for g in report["groups"]:
@@ -62,16 +66,6 @@ def _cmd_fold(args: argparse.Namespace, overrides: list[str]) -> int:
                                           "accuracy_before", "accuracy_after")}
     print(json.dumps({**summary, "workdir": args.workdir}))
     return 0
-
-
-def _test_accuracy(config, model_cfg, variables) -> float:
-    from jaxfold.data import images
-    from jaxfold.eval.classification import check_model_fits_data, evaluate, inference_fn
-
-    data = images.load(config.data.name, config.data.get("path") or None, config.data.get("image_size", 224))
-    check_model_fits_data(model_cfg, data)
-    return evaluate(inference_fn(model_cfg.module()), variables, data.test_images, data.test_labels,
-                    mean=data.mean, std=data.std)["accuracy"]
 
 
 def _cmd_import_torch(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -89,14 +83,12 @@ def _cmd_import_torch(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from jaxfold.data import images
-    from jaxfold.eval.classification import check_model_fits_data, evaluate, inference_fn
+    from jaxfold.eval.classification import evaluate_model
     from jaxfold.io import checkpoint
 
     variables, model_cfg, _ = checkpoint.restore(args.checkpoint)
     data = images.load(args.data, args.data_path or None, model_cfg.input_shape[0])
-    check_model_fits_data(model_cfg, data)
-    metrics = evaluate(inference_fn(model_cfg.module()), variables, data.test_images, data.test_labels,
-                       mean=data.mean, std=data.std)
+    metrics = evaluate_model(model_cfg, variables, data)
     print(json.dumps({**metrics, "params": model_cfg.param_count()}))
     return 0
 
@@ -139,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-path", default="")
 
     bench = sub.add_parser("bench", help="benchmarks (results and protocol: docs/benchmarks.md)")
-    bench.add_argument("what", choices=["train", "fold"])
+    bench.add_argument("what", choices=BENCHMARKS)
     bench.add_argument("extra", nargs=argparse.REMAINDER)
     return p
 

@@ -91,16 +91,21 @@ def _on_host(array: Any) -> Any:
     return array
 
 
+def _xp(*arrays: Any) -> Any:
+    """numpy if every array is a numpy array, else jax.numpy."""
+    return np if all(isinstance(a, np.ndarray) for a in arrays) else jnp
+
+
 def group_features(flat: Mapping[str, Any], group: Group, n: int) -> Any:
     """Row i = every feature member's slice for channel i, concatenated (raw weights, no scaling)."""
-    parts = [m.channel_first(_on_host(flat[m.path]), n) for m in group.members if m.in_features]
-    xp = np if all(isinstance(p, np.ndarray) for p in parts) else jnp
+    parts = [m.channel_first(flat[m.path], n) for m in group.members if m.in_features]
+    xp = _xp(*parts)
     return xp.concatenate([xp.asarray(p, xp.float32) for p in parts], axis=1)
 
 
 def merge_rows(rows: Any, labels: Any, k: int, role: str) -> Any:
     """(n, …) → (k, …): the sum over each cluster for consumers, the mean otherwise."""
-    if isinstance(rows, np.ndarray):
+    if _xp(rows) is np:
         onehot = (np.asarray(labels)[None, :] == np.arange(k)[:, None]).astype(rows.dtype)  # (k, n)
         summed = (onehot @ rows.reshape(rows.shape[0], -1)).reshape(k, *rows.shape[1:])
         counts = onehot.sum(1)
@@ -116,7 +121,7 @@ def merge_group(flat: dict[str, Any], group: Group, labels: Any, n: int, k: int)
     """Apply one group's clustering to every member; returns the updated flat dict (a new dict)."""
     out = dict(flat)
     for m in group.members:
-        array = _on_host(flat[m.path])
+        array = flat[m.path]
         rows = m.channel_first(array, n)
         merged = merge_rows(rows.astype(np.float32), labels, k, m.role).astype(array.dtype)
         out[m.path] = m.from_channel_first(merged, array.shape, k)
@@ -138,8 +143,7 @@ def _fill_empty_clusters(labels: np.ndarray, k: int, x: np.ndarray) -> np.ndarra
 
 def _check_finite(flat: Mapping[str, Any], spec: FoldSpec) -> None:
     paths = sorted({m.path for g in spec.groups for m in g.members})
-    bad = [p for p in paths if not bool((np if isinstance(a := _on_host(flat[p]), np.ndarray) else jnp)
-                                        .isfinite(a).all())]
+    bad = [p for p in paths if not bool(_xp(flat[p]).isfinite(flat[p]).all())]
     if bad:
         raise ValueError(f"non-finite values (NaN/inf) in {bad}: fix or re-train the model before folding")
 
@@ -163,7 +167,7 @@ def fold(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, key: jax.Arra
     t_start = time.perf_counter()
     if check:
         spec.check(variables)
-    flat = tree_lib.flatten(variables)
+    flat = {path: _on_host(a) for path, a in tree_lib.flatten(variables).items()}
     _check_finite(flat, spec)
     widths = spec.widths(variables)
     ks = resolve_plan(plan, widths)
@@ -216,32 +220,34 @@ def _inertia(x: np.ndarray, labels: np.ndarray, k: int) -> float:
 
 
 # --- the inverse direction: used to test folding and to build wide models with known redundancy ---------------------
-def permute_group(variables: Mapping[str, Any], group: Group, perm: Any) -> dict[str, Any]:
-    """Reorder a group's channels (every member along its axis). A correct spec leaves the function unchanged."""
+def _gather_channels(variables: Mapping[str, Any], group: Group, index: np.ndarray,
+                     consumer_divisor: np.ndarray | None = None) -> dict[str, Any]:
+    """New channel j = old channel ``index[j]`` in every member; consumer rows are divided by
+    ``consumer_divisor[j]`` when given."""
     flat = tree_lib.flatten(variables)
-    n = len(perm)
+    n = group.members[0].width(np.shape(flat[group.members[0].path]))
     out = dict(flat)
     for m in group.members:
         array = jnp.asarray(flat[m.path])
-        out[m.path] = m.from_channel_first(m.channel_first(array, n)[jnp.asarray(perm)], array.shape, n)
+        rows = m.channel_first(array, n)[jnp.asarray(index)]
+        if m.role == "consumer" and consumer_divisor is not None:
+            rows = rows / jnp.asarray(consumer_divisor, rows.dtype).reshape(-1, *([1] * (rows.ndim - 1)))
+        out[m.path] = m.from_channel_first(rows, array.shape, len(index))
     return tree_lib.unflatten(out)
+
+
+def permute_group(variables: Mapping[str, Any], group: Group, perm: Any) -> dict[str, Any]:
+    """Reorder a group's channels (every member along its axis). A correct spec leaves the function unchanged."""
+    return _gather_channels(variables, group, np.asarray(perm))
 
 
 def duplicate_channels(variables: Mapping[str, Any], group: Group, source: Any) -> dict[str, Any]:
     """Widen a group: new channel j copies channel ``source[j]``. Producers, vectors and statistics are copied;
     consumer columns are split evenly among the copies, so the network computes exactly the same function and
     folding the copies back together (mean of equal rows, sum of the split columns) is lossless."""
-    flat = tree_lib.flatten(variables)
     source = np.asarray(source)
-    n = group.members[0].width(np.shape(flat[group.members[0].path]))
+    n = group.members[0].width(np.shape(tree_lib.get(variables, group.members[0].path)))
     if source.min() < 0 or source.max() >= n or len(np.unique(source)) != n:
         raise ValueError(f"source must name every channel of group {group.name!r} (0..{n - 1}) at least once")
     copies = np.bincount(source, minlength=n).astype(np.float32)
-    out = dict(flat)
-    for m in group.members:
-        array = jnp.asarray(flat[m.path])
-        rows = m.channel_first(array, n)[jnp.asarray(source)]
-        if m.role == "consumer":
-            rows = rows / jnp.asarray(copies[source], rows.dtype).reshape(-1, *([1] * (rows.ndim - 1)))
-        out[m.path] = m.from_channel_first(rows, array.shape, len(source))
-    return tree_lib.unflatten(out)
+    return _gather_channels(variables, group, source, copies[source])

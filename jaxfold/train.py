@@ -32,6 +32,11 @@ def model_config(config: ml_collections.ConfigDict) -> models.ModelConfig:
     return models.build(kwargs.pop("name"), **kwargs)
 
 
+def load_data(config: ml_collections.ConfigDict) -> image_data.ImageDataset:
+    """The dataset a config's ``data`` section names (``path`` "" means none given)."""
+    return image_data.load(config.data.name, config.data.get("path") or None, config.data.get("image_size", 224))
+
+
 def make_optimizer(cfg: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:
     total = cfg.epochs * steps_per_epoch
     warmup = int(cfg.get("warmup_epochs", 0) * steps_per_epoch)
@@ -80,7 +85,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = config.train
     model_cfg = model_config(config)
-    data = image_data.load(config.data.name, config.data.get("path") or None, config.data.get("image_size", 224))
+    data = load_data(config)
     check_model_fits_data(model_cfg, data)
     module = model_cfg.module()
     steps_per_epoch = len(data.train_images) // cfg.batch_size

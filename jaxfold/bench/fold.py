@@ -105,9 +105,9 @@ def main(argv: list[str]) -> int:
     impls = ("jaxfold", "sklearn")
     cold = {i: [] for i in impls}
     cold_inertia = {}
-    # Cold: a fresh process each time. jaxfold twice over: with an empty persistent compilation cache (a first run
+    # Cold: a fresh process each time, twice over for both: with an empty persistent compilation cache (a first run
     # ever) and with the cache a previous process left (what `jaxfold fold` sees from its second run on).
-    cached = {"jaxfold": [], "sklearn": []}
+    cached = {i: [] for i in impls}
     with tempfile.TemporaryDirectory(prefix="jaxfold-xla-") as warm_cache:
         for r in range(args.repeats):  # alternate which goes first
             for impl in impls if r % 2 == 0 else impls[::-1]:

@@ -51,6 +51,14 @@ def check_model_fits_data(model_config: Any, data: Any) -> None:
                          f"{model_config.num_classes}: set --config.model.num_classes={data.num_classes}")
 
 
+def evaluate_model(model_config: Any, variables: Any, data: Any, batch_size: int = 500) -> dict[str, float]:
+    """Test-set metrics of a model (config + variables) on an :class:`~jaxfold.data.images.ImageDataset`, after
+    checking that the two fit together."""
+    check_model_fits_data(model_config, data)
+    return evaluate(inference_fn(model_config.module()), variables, data.test_images, data.test_labels,
+                    mean=data.mean, std=data.std, batch_size=batch_size)
+
+
 @functools.cache
 def inference_fn(module: Any) -> ApplyFn:
     """A cached eval-mode apply function for a (hashable) Flax module, so jit caches hit across calls."""
