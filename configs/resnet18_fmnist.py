@@ -11,6 +11,8 @@ Width 0.125 (stream widths 8/16/32/64) is the widest whose training fits ~45 min
 
 import ml_collections
 
+from jaxfold.sweep import cv_sweep_section
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -21,6 +23,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # `jaxfold fold`: the checkpoint to fold (the train command's output above), the channel ratio, clustering
     c.fold = dict(checkpoint="workdirs/resnet18_fmnist/checkpoint", ratio=0.25, clusterer="kmeans", n_init=10,
                   max_iter=300, seed=0, evaluate=True)
+    # `jaxfold sweep`: every CV method × correction × channel ratio on the checkpoint (trained first if missing)
+    c.sweep = cv_sweep_section("workdirs/resnet18_fmnist/checkpoint")
     if arg == "full":  # the paper-width model, for a GPU
         c.model.width = 1.0
         c.train.epochs = 60

@@ -7,6 +7,8 @@
 
 import ml_collections
 
+from jaxfold.sweep import cv_sweep_section
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -16,6 +18,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                    warmup_epochs=0.0, seed=0, eval_every=1, eval_batch_size=500)
     c.fold = dict(checkpoint="workdirs/vgg11_fmnist/checkpoint", ratio=0.25, clusterer="kmeans", n_init=10,
                   max_iter=300, seed=0, evaluate=True)
+    # `jaxfold sweep`: every CV method × correction × channel ratio on the checkpoint (trained first if missing)
+    c.sweep = cv_sweep_section("workdirs/vgg11_fmnist/checkpoint")
     if arg == "full":  # full-width VGG11-BN, for a GPU
         c.model.width = 1.0
         c.train.epochs = 60

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from jaxfold.bench import BENCHMARKS
 
@@ -42,8 +43,8 @@ def _cmd_fold(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxfold import config as config_lib
     from jaxfold.compress import fold_model
     from jaxfold.eval.classification import evaluate_model
+    from jaxfold.files import write_json_atomic
     from jaxfold.io import checkpoint
-    from jaxfold.io.files import write_json_atomic
     from jaxfold.train import load_data
 
     config = config_lib.load_with_overrides(args.config, overrides)
@@ -65,6 +66,17 @@ def _cmd_fold(args: argparse.Namespace, overrides: list[str]) -> int:
     summary = {k: report.get(k) for k in ("ratio", "param_sparsity", "params_after", "flops_reduction", "seconds",
                                           "accuracy_before", "accuracy_after")}
     print(json.dumps({**summary, "workdir": args.workdir}))
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jaxfold import config as config_lib
+    from jaxfold.sweep import SUMMARY, parse_shard, run_sweep
+
+    config = config_lib.load_with_overrides(args.config, overrides)
+    records = run_sweep(config, args.workdir, parse_shard(args.shard))
+    print(Path(args.workdir, SUMMARY).read_text())
+    print(json.dumps({"points": len(records), "workdir": args.workdir}))
     return 0
 
 
@@ -117,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     fold.add_argument("--config", required=True, help="configs/<name>.py[:arg]")
     fold.add_argument("--workdir", required=True, help="writes checkpoint/ and report.json here")
 
+    sweep = sub.add_parser("sweep", help="run a config's sweep grid into W/results.jsonl (resumable)")
+    sweep.add_argument("--config", required=True, help="configs/<name>.py[:arg]")
+    sweep.add_argument("--workdir", required=True, help="results.jsonl, manifest.json, summary.md go here")
+    sweep.add_argument("--shard", default="0/1", help="i/n: run every n-th point starting at i (parallel workers)")
+
     imp = sub.add_parser("import", help="import weights from another framework into a jaxfold checkpoint")
     imp.add_argument("source", choices=["torch"], help="torch: a torch.save()d state dict")
     imp.add_argument("--config", required=True, help="config whose model matches the weights (--config.x=v ok)")
@@ -139,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command in ("train", "fold", "eval"):
+    if args.command in ("train", "fold", "eval", "sweep"):
         from jaxfold import compile_cache
 
         compile_cache.enable()
@@ -148,6 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_train(args, _split_overrides(extra, parser))
         if args.command == "fold":
             return _cmd_fold(args, _split_overrides(extra, parser))
+        if args.command == "sweep":
+            return _cmd_sweep(args, _split_overrides(extra, parser))
         if args.command == "import":
             return _cmd_import_torch(args, _split_overrides(extra, parser))
         if extra:

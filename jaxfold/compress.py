@@ -1,39 +1,106 @@
-"""Folding a *model* (config + variables) rather than a bare pytree: the glue between the pure core
-(:mod:`jaxfold.fold`) and the model zoo — fold with the architecture's spec, rebuild the config at the new widths,
-check the analytic size against the real arrays, and report FLOPs before and after.
+"""Compressing a *model* (config + variables) rather than a bare pytree: the glue between the pure core
+(:mod:`jaxfold.fold`), the variance corrections (:mod:`jaxfold.corrections`) and the model zoo — fold with the
+architecture's spec, correct, rebuild the config at the new widths, check the analytic size against the real
+arrays, and report FLOPs before and after. Baselines (:mod:`jaxfold.baselines`) return the same
+:class:`CompressedModel` through :func:`rebuild`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import jax
+import numpy as np
 
 from jaxfold import tree as tree_lib
+from jaxfold.corrections import Batches, Correction, CorrectionContext, get_correction
 from jaxfold.fold import Clusterer, Plan, fold
 from jaxfold.models.base import ModelConfig
 
 
 @dataclasses.dataclass(frozen=True)
-class FoldedModel:
+class CompressedModel:
+    """A smaller model: its rebuilt config, variables, a report, and per group where every original channel went
+    (``channel_map[g][i]`` = new channel of original channel i, -1 if it was removed)."""
+
     config: ModelConfig
     variables: dict[str, Any]
     report: dict[str, Any]
-    labels: dict[str, Any]
+    channel_map: dict[str, np.ndarray]
+
+    @property
+    def labels(self) -> dict[str, np.ndarray]:  # folding's name for the channel map
+        return self.channel_map
+
+    def config_widths(self) -> dict[str, int]:
+        """The compressed width of every group."""
+        return self.config.fold_spec().widths(self.variables)
+
+
+FoldedModel = CompressedModel
+
+
+def rebuild(model_config: ModelConfig, variables: dict[str, Any], widths: dict[str, int],
+            channel_map: dict[str, np.ndarray], report: dict[str, Any]) -> CompressedModel:
+    """Rebuild the config at ``widths``, check the arrays match it exactly, and add size/FLOPs to the report."""
+    new_config = model_config.with_widths(widths)
+    problems = tree_lib.compare(new_config.abstract_variables(), variables)
+    if problems:  # a spec whose config_fields disagree with the module: a bug in the architecture's spec
+        raise AssertionError(f"{model_config.arch}: compressed arrays do not match the rebuilt config: {problems[:5]}")
+    report = dict(report)
+    before, after = model_config.param_count(), tree_lib.count(variables.get("params", {}))
+    report.update(params_before=before, params_after=after, params_analytic=new_config.param_count(),
+                  param_sparsity=1.0 - after / before,
+                  flops_before=model_config.flops(), flops_after=new_config.flops())
+    report["flops_reduction"] = 1.0 - report["flops_after"] / report["flops_before"]
+    return CompressedModel(new_config, variables, report, channel_map)
 
 
 def fold_model(model_config: ModelConfig, variables: dict[str, Any], plan: Plan, key: jax.Array, *,
-               clusterer: str | Clusterer = "kmeans", n_init: int = 10, max_iter: int = 300) -> FoldedModel:
-    """Fold ``variables`` of ``model_config`` with its fold spec; returns the rebuilt smaller model."""
-    result = fold(variables, model_config.fold_spec(), plan, key, clusterer=clusterer, n_init=n_init,
-                  max_iter=max_iter)
-    folded_config = model_config.with_widths(result.widths)
-    problems = tree_lib.compare(folded_config.abstract_variables(), result.variables)
-    if problems:  # a spec whose config_fields disagree with the module: a bug in the architecture's spec
-        raise AssertionError(f"{model_config.arch}: folded arrays do not match the rebuilt config: {problems[:5]}")
-    report = dict(result.report)
-    report.update(flops_before=model_config.flops(), flops_after=folded_config.flops(),
-                  params_analytic=folded_config.param_count())
-    report["flops_reduction"] = 1.0 - report["flops_after"] / report["flops_before"]
-    return FoldedModel(folded_config, result.variables, report, result.labels)
+               correction: str | Correction = "none", data: Batches | None = None,
+               correction_options: dict[str, Any] | None = None, clusterer: str | Clusterer = "kmeans",
+               n_init: int = 10, max_iter: int = 300) -> CompressedModel:
+    """Fold ``variables`` of ``model_config`` with its fold spec and a variance correction (by name: 'none',
+    'repair', 'fold_ar', 'fold_dir', or a registered one); returns the rebuilt smaller model.
+
+    ``data`` is a function returning batches of normalised training inputs, needed by data-driven corrections
+    ('repair'); the data-free ones ignore it.
+    """
+    fix = get_correction(correction)
+    key_fold, key_fix = jax.random.split(key)
+    ctx = CorrectionContext(model_config, variables, model_config.fold_spec(), key_fix, data=data,
+                            options=dict(correction_options or {}))
+    if not fix.data_free:
+        ctx.require_data(fix.name)
+    t0 = time.perf_counter()
+    prepared, spec = fix.prepare(ctx) if fix.prepare else (variables, ctx.spec)
+    result = fold(prepared, spec, plan, key_fold, clusterer=clusterer, n_init=n_init, max_iter=max_iter)
+    report = dict(result.report, fold_seconds=round(time.perf_counter() - t0, 4))
+    folded = rebuild(model_config, result.variables, result.widths, result.labels, report)
+    return correct(model_config, variables, folded, fix, key=key_fix, data=data, options=correction_options,
+                   prepared=prepared, spec=spec)
+
+
+def correct(model_config: ModelConfig, variables: dict[str, Any], compressed: CompressedModel,
+            correction: str | Correction, *, key: jax.Array | None = None, data: Batches | None = None,
+            options: dict[str, Any] | None = None, prepared: dict[str, Any] | None = None,
+            spec: Any = None) -> CompressedModel:
+    """Apply a correction to an already compressed model (a Fold-Naive fold, or a pruned model): fold once, try
+    several corrections. A correction that changes what is clustered (``prepare``, e.g. fold_ar) must go through
+    :func:`fold_model` instead."""
+    fix = get_correction(correction)
+    if fix.prepare is not None and prepared is None:
+        raise ValueError(f"correction {fix.name!r} changes what is clustered; use fold_model(..., "
+                         f"correction={fix.name!r}) rather than correcting a finished fold")
+    ctx = CorrectionContext(model_config, variables, spec or model_config.fold_spec(),
+                            key if key is not None else jax.random.key(0), prepared=prepared or variables,
+                            folded_config=compressed.config, folded=compressed.variables,
+                            labels=compressed.channel_map, data=data, options=dict(options or {}))
+    if not fix.data_free:
+        ctx.require_data(fix.name)
+    t0 = time.perf_counter()
+    corrected = fix.apply(ctx)
+    report = dict(compressed.report, correction=fix.name, correction_seconds=round(time.perf_counter() - t0, 4))
+    return rebuild(model_config, corrected, compressed.config_widths(), compressed.channel_map, report)

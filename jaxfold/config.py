@@ -38,6 +38,13 @@ def _valid_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str
     return out
 
 
+def _literal(raw: str) -> Any:
+    try:
+        return ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+        return raw.strip()
+
+
 def _parse(raw: str, current: Any, key: str) -> Any:
     try:
         value = ast.literal_eval(raw)
@@ -45,6 +52,9 @@ def _parse(raw: str, current: Any, key: str) -> Any:
         value = raw  # bare strings: --config.model.name=vgg11_bn
     if current is None or value is None:
         return value
+    if isinstance(current, (list, tuple)) and not isinstance(value, (list, tuple)):
+        # a list field from a comma-separated value: --config.sweep.variants=fold:none,ifm:none, ratios=0.5
+        value = tuple(_literal(part) for part in raw.split(",")) if isinstance(value, str) else (value,)
     if isinstance(current, bool) and not isinstance(value, bool):
         raise ValueError(f"--config.{key} expects True/False, got {raw!r}")
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):

@@ -148,6 +148,24 @@ def _check_finite(flat: Mapping[str, Any], spec: FoldSpec) -> None:
         raise ValueError(f"non-finite values (NaN/inf) in {bad}: fix or re-train the model before folding")
 
 
+def checked_inputs(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan,
+                   check: bool = True) -> tuple[dict[str, Any], dict[str, int], dict[str, int]]:
+    """The common start of every compression: spec checked, host-resident flat variables checked finite, every
+    group's width and its target k under ``plan``."""
+    if check:
+        spec.check(variables)
+    flat = {path: _on_host(a) for path, a in tree_lib.flatten(variables).items()}
+    _check_finite(flat, spec)
+    widths = spec.widths(variables)
+    return flat, widths, resolve_plan(plan, widths)
+
+
+def size_report(variables: Mapping[str, Any], new_variables: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameter counts before/after (weights, biases, BN scale/bias; no running stats) and the sparsity."""
+    before, after = tree_lib.count(variables.get("params", {})), tree_lib.count(new_variables.get("params", {}))
+    return {"params_before": before, "params_after": after, "param_sparsity": 1.0 - after / before if before else 0.0}
+
+
 @dataclasses.dataclass(frozen=True)
 class FoldResult:
     variables: dict[str, Any]
@@ -165,12 +183,7 @@ def fold(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, key: jax.Arra
     equals their width are left exactly as they are (the k = n identity).
     """
     t_start = time.perf_counter()
-    if check:
-        spec.check(variables)
-    flat = {path: _on_host(a) for path, a in tree_lib.flatten(variables).items()}
-    _check_finite(flat, spec)
-    widths = spec.widths(variables)
-    ks = resolve_plan(plan, widths)
+    flat, widths, ks = checked_inputs(variables, spec, plan, check)
     options = {"n_init": n_init, "max_iter": max_iter} if clusterer == "kmeans" else {}
     cluster = get_clusterer(clusterer, **options)
 
@@ -202,9 +215,7 @@ def fold(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, key: jax.Arra
         if k != n:
             new_flat = merge_group(new_flat, group, labels[group.name], n, k)
     new_variables = tree_lib.unflatten(new_flat)
-    before, after = tree_lib.count(variables.get("params", {})), tree_lib.count(new_variables.get("params", {}))
-    report = {"groups": groups_report, "params_before": before, "params_after": after,
-              "param_sparsity": 1.0 - after / before if before else 0.0,
+    report = {"groups": groups_report, **size_report(variables, new_variables),
               "seconds": round(time.perf_counter() - t_start, 4)}
     return FoldResult(new_variables, ks, labels, report)
 

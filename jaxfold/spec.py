@@ -113,10 +113,16 @@ class Group:
 
 @dataclasses.dataclass(frozen=True)
 class FoldSpec:
-    """Groups of jointly folded axes, plus axes declared never to fold (inputs, class outputs, kernel windows)."""
+    """Groups of jointly folded axes, plus axes declared never to fold (inputs, class outputs, kernel windows).
+
+    ``norms`` pairs each producer module with the BatchNorm that normalises its output, as module paths under
+    ``params`` (``("layer1_0/conv1", "layer1_0/bn1")``): corrections that fuse or re-estimate normalisation
+    (Fold-AR, REPAIR) and the variance-ratio diagnostic read them.
+    """
 
     groups: tuple[Group, ...]
     unfoldable: tuple[tuple[str, int], ...] = ()
+    norms: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         names = [g.name for g in self.groups]
@@ -174,6 +180,10 @@ class FoldSpec:
                 problems.append(f"group {g.name!r} has no members")
         for path, axis in self.unfoldable:
             claim(path, axis, "unfoldable")
+        for producer, norm in self.norms:
+            for path in (f"params/{producer}/kernel", f"params/{norm}/scale", f"batch_stats/{norm}/mean"):
+                if path not in flat:
+                    problems.append(f"norm pair ({producer!r}, {norm!r}): no variable {path}")
         for path, value in flat.items():
             for axis in range(np.ndim(value)):
                 if (path, axis) not in owner:

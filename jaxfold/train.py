@@ -23,8 +23,8 @@ from jaxfold import models
 from jaxfold.data import images as image_data
 from jaxfold.data.pipeline import prefetch, train_batches
 from jaxfold.eval.classification import check_model_fits_data, evaluate, inference_fn
+from jaxfold.files import write_text_atomic
 from jaxfold.io import checkpoint
-from jaxfold.io.files import write_text_atomic
 
 
 def model_config(config: ml_collections.ConfigDict) -> models.ModelConfig:

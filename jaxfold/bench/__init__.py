@@ -14,7 +14,7 @@ BENCHMARKS = ("train", "fold")
 
 def emit(result: dict, out: str) -> int:
     """Print the result as one JSON line and, if asked, write it atomically to ``out``."""
-    from jaxfold.io.files import write_text_atomic
+    from jaxfold.files import write_text_atomic
 
     line = json.dumps(result)
     print(line)

@@ -19,6 +19,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from jaxfold.paths import cache_root
+
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 # SHA-256 of the *decoded* (gunzipped) IDX files: the Debian package recompresses Fashion-MNIST, so the .gz
@@ -47,9 +49,7 @@ class DatasetMissing(FileNotFoundError):
 
 def data_dir() -> Path:
     """``$JAXFOLD_DATA``, else ``$XDG_CACHE_HOME/jaxfold`` (default ``~/.cache/jaxfold``)."""
-    if os.environ.get("JAXFOLD_DATA"):
-        return Path(os.environ["JAXFOLD_DATA"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "jaxfold"
+    return cache_root()
 
 
 def dataset_dir(name: str) -> Path:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import jax
 import numpy as np
@@ -86,3 +87,20 @@ def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
         yield item
     if errors:
         raise errors[0]
+
+
+def subset_batches(dataset: Any, examples: int, batch_size: int = 500,
+                   seed: int = 0) -> Callable[[], Iterator[np.ndarray]]:
+    """A function yielding a fixed random subset of ``examples`` training images (no augmentation), normalised,
+    in batches: the data REPAIR recomputes statistics from (the same images on every call)."""
+    if examples < 1 or batch_size < 1:
+        raise ValueError(f"repair needs examples ≥ 1 and batch_size ≥ 1, got {examples}, {batch_size}")
+    n = len(dataset.train_images)
+    index = np.sort(np.random.default_rng(seed).permutation(n)[: min(examples, n)])
+
+    def batches() -> Iterator[np.ndarray]:
+        for start in range(0, len(index), batch_size):
+            part = dataset.train_images[index[start:start + batch_size]]
+            yield normalize(part, dataset.mean, dataset.std)
+
+    return batches

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 from jaxfold.spec import FoldSpec
 
 # PyTorch defaults, so imported weights behave identically (Flax momentum 0.9 ≙ torch momentum 0.1).
-BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5
+BatchNorm = functools.partial(nn.BatchNorm, momentum=BN_MOMENTUM, epsilon=BN_EPSILON)
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision's kaiming_normal_(fan_out)
 
 _REGISTRY: dict[str, type[ModelConfig]] = {}

@@ -34,7 +34,7 @@ class MLPConfig(ModelConfig):
         groups = tuple(Group(f"hidden{i}", tuple(dense_out(names[i]) + batchnorm(f"bn{i}") + dense_in(names[i + 1])),
                              (("hidden_widths", i),)) for i in range(n))
         return FoldSpec(groups, (("params/fc0/kernel", 0), ("params/classifier/kernel", 1),
-                                 ("params/classifier/bias", 0)))
+                                 ("params/classifier/bias", 0)), tuple((names[i], f"bn{i}") for i in range(n)))
 
     def flops(self) -> int:
         widths = (self.image_size**2 * self.in_channels, *self.hidden_widths, self.num_classes)

@@ -235,6 +235,7 @@ def fold_spec(cfg: ResNetConfig) -> FoldSpec:
     if not cfg.projections[0]:
         alias["stem"] = "stream1"
     add("stem", conv_out("conv1") + batchnorm("bn1"), ("stem_width",))
+    norms = [("conv1", "bn1")]
     current = "stem"
     n_convs = 2 if cfg.block == "basic" else 3
     stage_of = [s for s, n in enumerate(cfg.layers) for _ in range(n)]
@@ -254,7 +255,10 @@ def fold_spec(cfg: ResNetConfig) -> FoldSpec:
         if i == 0 or stage_of[i] != stage_of[i - 1]:
             add(stream, [], ("stream_widths", stage_of[i]))
         unfoldable += [w for j in range(1, n_convs + 1) for w in conv_window(f"{name}/conv{j}")]
+        norms += [(f"{name}/conv{j}", f"{name}/bn{j}") for j in range(1, n_convs + 1)]
+        if proj:
+            norms.append((f"{name}/shortcut_conv", f"{name}/shortcut_bn"))
         current = stream
     add(current, dense_in("fc"))
     groups = tuple(Group(g, tuple(m), tuple(fields.get(g, ()))) for g, m in members.items() if m)
-    return FoldSpec(groups, tuple(unfoldable))
+    return FoldSpec(groups, tuple(unfoldable), tuple(norms))

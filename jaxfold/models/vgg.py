@@ -71,7 +71,8 @@ class VGGConfig(ModelConfig):
             groups.append(Group(f"fc{j}", tuple(dense_out(f"classifier_{j}") + dense_in(f"classifier_{j + 1}")),
                                 (("classifier_widths", j),)))
         unfoldable += [(f"params/classifier_{n_fc}/kernel", 1), (f"params/classifier_{n_fc}/bias", 0)]
-        return FoldSpec(tuple(groups), tuple(unfoldable))
+        norms = tuple((f"features_{i}", f"bn_{i}") for i in range(n_conv))
+        return FoldSpec(tuple(groups), tuple(unfoldable), norms)
 
     def flops(self) -> int:
         macs, cin, s = 0, self.in_channels, self.image_size

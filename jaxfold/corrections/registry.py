@@ -1,0 +1,92 @@
+"""The correction registry: a variance correction is a named pair of pure functions around the fold.
+
+* ``prepare(ctx) -> (variables, spec)`` runs *before* clustering and may re-parametrise the model or change which
+  members are features (Fold-AR fuses BatchNorm into its producer); default: unchanged.
+* ``apply(ctx) -> variables`` runs *after* the merge and returns the corrected folded variables (REPAIR
+  recomputes statistics, Fold-AR rescales BN scales); default: unchanged.
+
+Registering one from user code is a decorator away (see docs/corrections.md)::
+
+    @register_correction("halfway", description="scale BN γ half-way back to the original norm")
+    def halfway(ctx):
+        ...
+        return new_variables
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import jax
+import numpy as np
+
+from jaxfold.spec import FoldSpec
+
+if TYPE_CHECKING:
+    from jaxfold.models.base import ModelConfig
+
+Batches = Callable[[], Iterable[np.ndarray]]  # () -> normalised input batches (N, H, W, C) float32
+
+
+@dataclasses.dataclass(frozen=True)
+class CorrectionContext:
+    """Everything a correction may read. ``prepared`` is what was clustered and merged (``variables`` unless
+    ``prepare`` changed it); ``folded``/``folded_config``/``labels`` are filled in for ``apply``."""
+
+    config: ModelConfig
+    variables: dict[str, Any]
+    spec: FoldSpec
+    key: jax.Array
+    prepared: dict[str, Any] | None = None
+    folded_config: ModelConfig | None = None
+    folded: dict[str, Any] | None = None
+    labels: dict[str, np.ndarray] | None = None
+    data: Batches | None = None  # training-data batches, for data-driven corrections
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def require_data(self, who: str) -> Batches:
+        if self.data is None:
+            raise ValueError(f"correction {who!r} needs training data: pass data=… (a dataset or a function "
+                             "returning batches) or choose a data-free correction (none, fold_ar, fold_dir)")
+        return self.data
+
+
+Prepare = Callable[[CorrectionContext], tuple[dict[str, Any], FoldSpec]]
+Apply = Callable[[CorrectionContext], dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Correction:
+    name: str
+    apply: Apply
+    prepare: Prepare | None = None
+    data_free: bool = True
+    description: str = ""
+
+
+CORRECTIONS: dict[str, Correction] = {}
+
+
+def register_correction(name: str, *, prepare: Prepare | None = None, data_free: bool = True,
+                        description: str = "") -> Callable[[Apply], Apply]:
+    """Decorator: register ``apply`` (and optionally ``prepare``) under ``name``; re-registering replaces."""
+    def wrap(apply: Apply) -> Apply:
+        CORRECTIONS[name] = Correction(name, apply, prepare, data_free, description or (apply.__doc__ or "").strip())
+        return apply
+    return wrap
+
+
+def get_correction(correction: str | Correction) -> Correction:
+    if isinstance(correction, Correction):
+        return correction
+    if correction not in CORRECTIONS:
+        raise ValueError(f"unknown correction {correction!r}; valid: {sorted(CORRECTIONS)} (or register one with "
+                         "jaxfold.corrections.register_correction)")
+    return CORRECTIONS[correction]
+
+
+@register_correction("none", description="Fold-Naive: no correction (BN statistics averaged in the merge)")
+def _none(ctx: CorrectionContext) -> dict[str, Any]:
+    return ctx.folded  # type: ignore[return-value]

@@ -1,0 +1,127 @@
+"""The paper's CV figures from a sweep's results.jsonl: accuracy vs parameter sparsity per method (Fig. 5/6),
+the per-layer variance ratio at one channel ratio (Fig. 4), and the markdown table.
+
+    python paper_figs/cv.py workdirs/sweep_resnet18_fmnist --out docs/figures/resnet18_fmnist
+writes <out>_accuracy.png, <out>_variance_ratio.png, <out>_table.md and <out>_timings.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from jaxfold.files import write_bytes_atomic, write_text_atomic
+from jaxfold.sweep import read_results, summary_table
+
+LABELS = {"fold:none": "Fold-Naive", "fold:fold_ar": "Fold-AR", "fold:fold_dir": "Fold-DIR", "fold:repair": "Fold-R",
+          "sp_l1:none": "SP-L1", "sp_l2:none": "SP-L2", "sp_l2:repair": "SP-L2 + REPAIR", "sp_l1:repair":
+          "SP-L1 + REPAIR", "ifm:none": "IFM", "ifm:repair": "IFM + REPAIR"}
+STYLE = {"fold": "-o", "sp_l1": "--s", "sp_l2": "--^", "ifm": ":d"}
+
+
+def _label(variant: str) -> str:
+    return LABELS.get(variant, variant)
+
+
+def _png(fig: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def accuracy_vs_sparsity(records: list[dict], title: str) -> bytes:
+    curves: dict[str, dict[float, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    dense = next((r for r in records if r["method"] == "dense"), None)
+    for r in records:
+        if r["method"] != "dense":
+            curves[f"{r['method']}:{r['correction']}"][r["ratio"]].append((r["param_sparsity"], r["value"]))
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for variant, by_ratio in curves.items():
+        pts = sorted((np.mean([s for s, _ in v]), 100 * np.mean([a for _, a in v])) for v in by_ratio.values())
+        xs, ys = zip(*pts, strict=True)
+        ax.plot(xs, ys, STYLE.get(variant.split(":")[0], "-o"), label=_label(variant), markersize=4)
+    if dense:
+        ax.axhline(100 * dense["value"], color="k", lw=0.8, ls="--", label="dense")
+    ax.axhline(10, color="gray", lw=0.6, ls=":", label="chance")
+    ax.set(xlabel="parameter sparsity", ylabel="test accuracy (%)", title=title, ylim=(0, 100))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    return _png(fig)
+
+
+def variance_ratio_plot(records: list[dict], title: str) -> bytes | None:
+    rows = [r for r in records if r.get("variance_ratio")]
+    if not rows:
+        return None
+    ratio = rows[0]["ratio"]
+    fig, ax = plt.subplots(figsize=(7.2, 4.2))
+    for r in rows:
+        if r["ratio"] != ratio:
+            continue
+        values = [layer["ratio"] for layer in r["variance_ratio"]]
+        ax.plot(range(1, len(values) + 1), values, STYLE.get(r["method"], "-o"), markersize=3,
+                label=_label(f"{r['method']}:{r['correction']}"))
+    ax.axhline(1.0, color="k", lw=0.8)
+    ax.set_yscale("log")
+    ax.set(xlabel="layer (BatchNorm / BN-free layer output, forward order)", ylabel="mean Var(compressed)/Var(orig)",
+           title=f"{title}: per-layer variance ratio, channel ratio {ratio:g}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8, ncol=2)
+    return _png(fig)
+
+
+def timing_table(records: list[dict]) -> str:
+    """Median seconds per point of each variant: clustering/merging, correction, evaluation (the first fold_dir
+    point's correction time includes generating the DeepInversion batch; its maximum is shown separately)."""
+    by: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        if r["method"] != "dense":
+            by[f"{r['method']}:{r['correction']}"].append(r)
+    lines = ["| variant | points | compress s (median) | correction s (median) | correction s (max) | eval s (median) "
+             "|",
+             "|---|---|---|---|---|---|"]
+    for variant, rs in by.items():
+        med = lambda key, rs=rs: float(np.median([r[key] for r in rs]))
+        lines.append(f"| {variant} | {len(rs)} | {med('fold_seconds'):.2f} | {med('correction_seconds'):.2f} | "
+                     f"{max(r['correction_seconds'] for r in rs):.1f} | {med('eval_seconds'):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workdir", help="a sweep workdir (holds results.jsonl)")
+    parser.add_argument("--out", required=True, help="output prefix, e.g. docs/figures/resnet18_fmnist")
+    parser.add_argument("--title", default=None)
+    args = parser.parse_args(argv)
+    records = read_results(args.workdir)
+    if not records:
+        print(f"no results in {args.workdir}/results.jsonl: run `jaxfold sweep` first", file=sys.stderr)
+        return 2
+    title = args.title or f"{records[0]['model']} on {records[0]['dataset']}"
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = [out.with_name(out.name + "_accuracy.png"), out.with_name(out.name + "_table.md"),
+               out.with_name(out.name + "_timings.md")]
+    write_bytes_atomic(written[0], accuracy_vs_sparsity(records, title))
+    write_text_atomic(written[1], summary_table(records))
+    write_text_atomic(written[2], timing_table(records))
+    variance = variance_ratio_plot(records, title)
+    if variance:
+        written.append(out.with_name(out.name + "_variance_ratio.png"))
+        write_bytes_atomic(written[-1], variance)
+    print("\n".join(str(p) for p in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
