@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import importlib
 import json
 import os
 import subprocess
@@ -37,7 +38,7 @@ from jaxfold.io import checkpoint
 
 METHODS = ("fold", *BASELINES)
 RESULTS, MANIFEST, SUMMARY = "results.jsonl", "manifest.json", "summary.md"
-_GRID_FIELDS = ("variants", "ratios", "seeds")  # may grow between runs of one workdir
+_GRID_FIELDS = ("variants", "ratios", "seeds", "imports")  # may grow between runs of one workdir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,7 +137,7 @@ def write_manifest(workdir: Path, config: ml_collections.ConfigDict) -> None:
             a, b = _comparable(old), _comparable(current)
             changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
             raise ValueError(f"{workdir} holds a sweep of a different config (sections differing: {changed}); "
-                             "use a new --workdir, or change only sweep.variants/ratios/seeds to extend this one")
+                             "use a new --workdir, or change only sweep.variants/ratios/seeds/imports to extend it")
     device = jax.devices()[0]
     write_json_atomic(path, {"config": current, "jaxfold": __version__, "jax": jax.__version__,
                              "device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
@@ -235,6 +236,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | os.PathLike, sha
     """Run this shard's unfinished points; returns every record in the workdir afterwards."""
     if "sweep" not in config:
         raise ValueError("the config has no `sweep` section (checkpoint, variants, ratios, seeds, …)")
+    for module in config.sweep.get("imports", ()):  # user modules that register corrections or baselines
+        importlib.import_module(module)
     points = grid(config.sweep)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -286,7 +289,7 @@ PAPER_CV_RATIOS = (0.05, 0.1, 0.15, 0.25, 0.35, 0.45, 0.5, 0.55, 0.65, 0.75)
 def cv_sweep_section(checkpoint: str, **changes: Any) -> dict[str, Any]:
     """The ``sweep`` section of the image-classification configs: the paper's CV methods (Fig. 6) over its
     channel ratios, per-layer variance ratios recorded at r = 0.5 (Fig. 4)."""
-    section = dict(checkpoint=checkpoint, train_if_missing=True, variants=PAPER_CV_VARIANTS,
+    section = dict(checkpoint=checkpoint, train_if_missing=True, imports=(), variants=PAPER_CV_VARIANTS,
                    ratios=PAPER_CV_RATIOS, seeds=(0,), n_init=10, repair_examples=10_000,
                    variance_ratio_at=(0.5,), variance_batch=500, di_steps=2000, di_batch_size=256)
     section.update(changes)

@@ -93,3 +93,21 @@ def test_cli_sweep_and_figures(sweep_config, tmp_path, capsys):
                                                                "mlp_variance_ratio.png", "mlp_timings.md"}
     code = cli.main(["sweep", "--config", str(config_file), "--workdir", str(tmp_path / "wd2"), "--shard", "2/2"])
     assert code == 2 and "--shard" in capsys.readouterr().err
+
+
+def test_a_user_correction_module_is_imported_and_swept(sweep_config, tmp_path, monkeypatch):
+    (tmp_path / "my_corrections.py").write_text(
+        "from jaxfold.corrections import register_correction\n"
+        "@register_correction('identity_for_test')\n"
+        "def identity_for_test(ctx):\n    return ctx.folded\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sweep_config.sweep.imports = ("my_corrections",)
+    sweep_config.sweep.variants = ("fold:none", "fold:identity_for_test")
+    sweep_config.sweep.ratios = (0.5,)
+    try:
+        records = {r["id"]: r for r in run_sweep(sweep_config, tmp_path / "wd", progress=False)}
+    finally:
+        from jaxfold.corrections import CORRECTIONS
+
+        CORRECTIONS.pop("identity_for_test", None)
+    assert records["fold:identity_for_test:0.5:0"]["value"] == records["fold:none:0.5:0"]["value"]
