@@ -75,8 +75,9 @@ def fold_model(model_config: ModelConfig, variables: dict[str, Any], plan: Plan,
     if not fix.data_free:
         ctx.require_data(fix.name)
     t0 = time.perf_counter()
-    prepared, spec = fix.prepare(ctx) if fix.prepare else (variables, ctx.spec)
-    result = fold(prepared, spec, plan, key_fold, clusterer=clusterer, n_init=n_init, max_iter=max_iter)
+    prepared, spec, *cluster_on = fix.prepare(ctx) if fix.prepare else (variables, ctx.spec)
+    result = fold(prepared, spec, plan, key_fold, clusterer=clusterer, n_init=n_init, max_iter=max_iter,
+                  cluster_on=cluster_on[0] if cluster_on else None)
     report = dict(result.report, fold_seconds=round(time.perf_counter() - t0, 4))
     folded = rebuild(model_config, result.variables, result.widths, result.labels, report)
     return correct(model_config, variables, folded, fix, key=key_fix, data=data, options=correction_options,

@@ -176,14 +176,22 @@ class FoldResult:
 
 def fold(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, key: jax.Array, *,
          clusterer: str | Clusterer = "kmeans", n_init: int = 10, max_iter: int = 300,
-         check: bool = True) -> FoldResult:
+         check: bool = True, cluster_on: tuple[Mapping[str, Any], FoldSpec] | None = None) -> FoldResult:
     """Fold ``variables`` (``{'params': …, 'batch_stats': …}``) to the widths ``plan`` asks for.
 
     ``clusterer`` is 'kmeans' (default), 'ward', or any function (features, k, key) -> labels. Groups whose k
-    equals their width are left exactly as they are (the k = n identity).
+    equals their width are left exactly as they are (the k = n identity). ``cluster_on`` = (variables, spec)
+    whose features are clustered instead of those being merged (groups matched by name; a correction that
+    re-parametrises the weights may still want the clusters of the original ones).
     """
     t_start = time.perf_counter()
     flat, widths, ks = checked_inputs(variables, spec, plan, check)
+    feature_flat, feature_spec = flat, spec
+    if cluster_on is not None:
+        feature_flat = {p: _on_host(a) for p, a in tree_lib.flatten(cluster_on[0]).items()}
+        feature_spec = cluster_on[1]
+        if cluster_on[1].widths(cluster_on[0]) != widths:
+            raise ValueError("cluster_on variables have other group widths than the variables being folded")
     options = {"n_init": n_init, "max_iter": max_iter} if clusterer == "kmeans" else {}
     cluster = get_clusterer(clusterer, **options)
 
@@ -197,7 +205,7 @@ def fold(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, key: jax.Arra
             groups_report.append({"group": group.name, "n": n, "k": k, "channel_ratio": 0.0, "inertia": 0.0,
                                   "seconds": 0.0})
             continue
-        x = group_features(flat, group, n)
+        x = group_features(feature_flat, feature_spec.group(group.name), n)
         lab = np.asarray(cluster(x, k, jax.random.fold_in(key, index))).astype(np.int64).reshape(-1)
         if lab.shape != (n,) or lab.min() < 0 or lab.max() >= k:
             raise ValueError(f"clusterer returned labels of shape {lab.shape} in [{lab.min()}, {lab.max()}] for group "

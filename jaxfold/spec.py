@@ -15,7 +15,9 @@ head of head_dim rows) or *interleaved* (``repeat`` > 1: channel c owns entries 
 classifier input after an NHWC flatten, where the channel is the fastest axis).
 
 ``config_fields`` tell how a group's width maps back onto the model config (``("stream_widths", 0)`` means
-``config.stream_widths[0]``), so a folded model is rebuilt from a config rather than patched.
+``config.stream_widths[0]``), so a folded model is rebuilt from a config rather than patched. ``field_scales``
+(optional, one per field) multiply the width first: a GQA attention group whose unit is a whole KV group of r query
+heads sets ``num_kv_heads[i] = width`` and ``num_heads[i] = r · width``.
 """
 
 from __future__ import annotations
@@ -109,6 +111,17 @@ class Group:
     name: str
     members: tuple[Member, ...]
     config_fields: tuple[FieldRef, ...] = ()
+    field_scales: tuple[int, ...] = ()  # config value = width × scale, per field; empty: all 1
+
+    def __post_init__(self) -> None:
+        if self.field_scales and len(self.field_scales) != len(self.config_fields):
+            raise ValueError(f"group {self.name!r}: {len(self.field_scales)} field_scales for "
+                             f"{len(self.config_fields)} config_fields")
+
+    def field_values(self, width: int) -> list[tuple[FieldRef, int]]:
+        """(config field, value) pairs that a width of this group sets."""
+        scales = self.field_scales or (1,) * len(self.config_fields)
+        return [(ref, int(width) * int(s)) for ref, s in zip(self.config_fields, scales, strict=True)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -281,8 +281,8 @@ def summary_table(records: Iterable[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n" + note
 
 
-PAPER_CV_VARIANTS = ("fold:none", "fold:fold_ar", "fold:fold_dir", "fold:repair", "sp_l1:none", "sp_l2:none",
-                     "sp_l2:repair", "ifm:none")
+PAPER_CV_VARIANTS = ("fold:none", "fold:fold_ar", "fold:fold_ar_fused", "fold:fold_dir", "fold:repair", "sp_l1:none",
+                     "sp_l2:none", "sp_l2:repair", "ifm:none")
 PAPER_CV_RATIOS = (0.05, 0.1, 0.15, 0.25, 0.35, 0.45, 0.5, 0.55, 0.65, 0.75)
 
 

@@ -77,6 +77,18 @@ def test_fold_ar_restores_unit_variance_for_uncorrelated_inputs():
     assert abs(ratios["fold_ar"] - 1.0) < 0.05, ratios
 
 
+def test_fold_ar_clusters_the_raw_weights_and_fold_ar_fused_the_fused_ones():
+    v = _random_variables(RESNET)
+    naive = fold_model(RESNET, v, 0.5, jax.random.key(3))
+    ar = fold_model(RESNET, v, 0.5, jax.random.key(3), correction="fold_ar")
+    fused = fold_model(RESNET, v, 0.5, jax.random.key(3), correction="fold_ar_fused")
+    for g in naive.labels:
+        np.testing.assert_array_equal(ar.labels[g], naive.labels[g])
+    assert any(not np.array_equal(fused.labels[g], naive.labels[g]) for g in naive.labels)
+    # same clusters, different merge: Fold-AR changed the BN scales
+    assert not np.allclose(ar.variables["params"]["bn1"]["scale"], naive.variables["params"]["bn1"]["scale"])
+
+
 # --- REPAIR -----------------------------------------------------------------------------------------------------
 def test_recompute_bn_statistics_is_a_cumulative_average_of_batch_statistics():
     v = _random_variables(MLP)
@@ -129,7 +141,7 @@ def test_repair_without_data_is_a_clear_error():
 def test_unknown_correction_lists_the_valid_ones():
     with pytest.raises(ValueError, match=r"unknown correction 'fold_xx'.*fold_ar.*none.*repair"):
         get_correction("fold_xx")
-    assert {"none", "repair", "fold_ar", "fold_dir"} <= set(CORRECTIONS)
+    assert {"none", "repair", "fold_ar", "fold_ar_fused", "fold_dir"} <= set(CORRECTIONS)
 
 
 def test_fold_ar_refuses_a_network_without_batchnorm():

@@ -218,3 +218,19 @@ def test_pluggable_clusterers():
     assert ward.widths == result.widths
     for group in spec.groups:  # Ward's labels are a genuine partition into k non-empty clusters
         assert sorted(set(ward.labels[group.name].tolist())) == list(range(16))
+
+
+def test_cluster_on_other_variables_uses_their_features_and_checks_widths():
+    cfg = CONFIGS["mlp"]
+    v = _random_variables(cfg)
+    spec = cfg.fold_spec()
+    plain = fold(v, spec, 0.5, jax.random.key(0), n_init=2)
+    same = fold(v, spec, 0.5, jax.random.key(0), n_init=2, cluster_on=(v, spec))
+    for g in plain.labels:
+        np.testing.assert_array_equal(plain.labels[g], same.labels[g])
+    other = _random_variables(cfg, seed=5)
+    moved = fold(v, spec, 0.5, jax.random.key(0), n_init=2, cluster_on=(other, spec))
+    assert any(not np.array_equal(plain.labels[g], moved.labels[g]) for g in plain.labels)
+    narrow = fold(v, spec, 0.5, jax.random.key(0), n_init=2).variables
+    with pytest.raises(ValueError, match="other group widths"):
+        fold(v, spec, 0.5, jax.random.key(0), cluster_on=(narrow, spec))

@@ -1,7 +1,8 @@
 """The correction registry: a variance correction is a named pair of pure functions around the fold.
 
 * ``prepare(ctx) -> (variables, spec)`` runs *before* clustering and may re-parametrise the model or change which
-  members are features (Fold-AR fuses BatchNorm into its producer); default: unchanged.
+  members are features (Fold-AR fuses BatchNorm into its producer); default: unchanged. It may return a third
+  item, ``(variables, spec)`` to cluster on instead (Fold-AR clusters the original weights by default).
 * ``apply(ctx) -> variables`` runs *after* the merge and returns the corrected folded variables (REPAIR
   recomputes statistics, Fold-AR rescales BN scales); default: unchanged.
 
@@ -53,7 +54,7 @@ class CorrectionContext:
         return self.data
 
 
-Prepare = Callable[[CorrectionContext], tuple[dict[str, Any], FoldSpec]]
+Prepare = Callable[[CorrectionContext], tuple[Any, ...]]  # (variables, spec[, (cluster-on variables, spec)])
 Apply = Callable[[CorrectionContext], dict[str, Any]]
 
 

@@ -7,11 +7,13 @@ from typing import Any
 
 from jaxfold.models.base import ModelConfig, config_from_dict, known_archs
 from jaxfold.models.lenet import LeNetConfig, lenet5
+from jaxfold.models.llama import LlamaConfig, llama
 from jaxfold.models.mlp import MLPConfig, mlp
 from jaxfold.models.resnet import ResNetConfig, resnet18, resnet50
 from jaxfold.models.vgg import VGGConfig, vgg11_bn
 
-FAMILIES = {"resnet18": resnet18, "resnet50": resnet50, "vgg11_bn": vgg11_bn, "mlp": mlp, "lenet5": lenet5}
+FAMILIES = {"resnet18": resnet18, "resnet50": resnet50, "vgg11_bn": vgg11_bn, "mlp": mlp, "lenet5": lenet5,
+            "llama": llama}
 
 
 def build(name: str, **kwargs: Any) -> ModelConfig:
@@ -27,5 +29,5 @@ def build(name: str, **kwargs: Any) -> ModelConfig:
         raise ValueError(f"bad arguments for model {name!r}: {e}; valid: {valid}") from None
 
 
-__all__ = ["FAMILIES", "LeNetConfig", "MLPConfig", "ModelConfig", "ResNetConfig", "VGGConfig", "build",
-           "config_from_dict", "known_archs", "lenet5", "mlp", "resnet18", "resnet50", "vgg11_bn"]
+__all__ = ["FAMILIES", "LeNetConfig", "LlamaConfig", "MLPConfig", "ModelConfig", "ResNetConfig", "VGGConfig", "build",
+           "config_from_dict", "known_archs", "lenet5", "llama", "mlp", "resnet18", "resnet50", "vgg11_bn"]

@@ -72,11 +72,11 @@ class ModelConfig:
             group = spec.group(name)
             if not group.config_fields:
                 raise ValueError(f"group {name!r} maps to no config field")
-            for ref in group.config_fields:
+            for ref, value in group.field_values(width):
                 node = d
                 for key in ref[:-1]:
                     node = node[key]
-                node[ref[-1]] = int(width)
+                node[ref[-1]] = value
         return config_from_dict(d)
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,0 +1,489 @@
+"""Decoder-only LLaMA (LLaMA 1/2/3, TinyLlama, SmolLM2): RMSNorm, RoPE, grouped-query attention, SwiGLU MLP.
+
+Numerics follow Hugging Face's ``LlamaForCausalLM`` so imported checkpoints give the same logits: RoPE in the
+``rotate_half`` layout HF checkpoints store q/k in, RMSNorm in float32, a float32 softmax, query head ``h`` reading
+KV head ``h // (Hq/Hkv)`` (HF's ``repeat_kv``), optional "linear" and "llama3" RoPE scaling.
+
+Every foldable width is per block (``num_heads``, ``num_kv_heads``, ``intermediate_sizes``), so a folded model is a
+real, smaller model rebuilt from its config. Parameter tree (the names other modules rely on)::
+
+    params/embed/embedding (V, D)
+    params/block_{i}/attn_norm/scale (D,)       params/block_{i}/mlp_norm/scale (D,)
+    params/block_{i}/attn/{q,k,v}/kernel (D, H·hd)   with H = Hq for q, Hkv for k and v
+    params/block_{i}/attn/o/kernel (Hq·hd, D)
+    params/block_{i}/mlp/{gate,up}/kernel (D, F)     params/block_{i}/mlp/down/kernel (F, D)
+    params/final_norm/scale (D,)                params/lm_head/kernel (D, V)   (absent when embeddings are tied)
+
+Folding GQA attention (method.md §5) comes in two modes:
+
+* ``"kv_groups"`` (**default**): the unit is a whole KV group — its Hq/Hkv query heads and its k/v head — so q/k/v
+  are averaged and o summed per merged group, and ``num_kv_heads`` and ``num_heads`` shrink together. It is the
+  paper's head unit ([q ‖ k ‖ v ‖ o] of a head) generalised, and identical to it for MHA. Chosen as the default
+  because it is an ordinary fold-spec group, so everything built on specs (``fold``, ``fold_model``, SP-L1/L2,
+  IFM, sweeps, diagnostics) applies unchanged and the baselines are compared at the same structure; it also removes
+  k/v projections and shrinks the KV cache, and for the common LLaMA-3 layout (8 KV groups of 4 query heads) it is
+  the finer-grained mode (8 units per block instead of 4 per group).
+* ``"within_groups"``: query heads are folded inside each KV group (same k in every group), K/V untouched. A unit
+  here is a slice of the q/o axis per KV group, which a fold-spec member cannot address (members span a whole
+  axis), so this mode is :func:`fold_within_groups`, a separate function built on :func:`jaxfold.fold.fold`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxfold import tree as tree_lib
+from jaxfold.models.base import ModelConfig, register
+from jaxfold.spec import FoldSpec, Group, Member
+
+GQA_MODES = ("kv_groups", "within_groups")
+DEFAULT_GQA = "kv_groups"
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+ROPE_SCALING_KEYS = {
+    "linear": ("factor",),
+    "llama3": ("factor", "high_freq_factor", "low_freq_factor", "original_max_position_embeddings"),
+}
+_INIT = nn.initializers.normal(0.02)  # HF's initializer_range
+
+
+def _canonical_rope_scaling(value: Any) -> tuple[tuple[str, Any], ...] | None:
+    """None, or ``(("factor", 8.0), …, ("rope_type", "llama3"))`` sorted by key (hashable, JSON round-trippable)."""
+    if value is None:
+        return None
+    items = dict(value.items() if isinstance(value, Mapping) else value)
+    rope_type = items.get("rope_type")
+    if rope_type not in ROPE_SCALING_KEYS:
+        raise ValueError(f"rope_scaling: rope_type must be one of {sorted(ROPE_SCALING_KEYS)}, got {rope_type!r} "
+                         "(use rope_scaling=None for plain RoPE)")
+    want = {"rope_type", *ROPE_SCALING_KEYS[rope_type]}
+    if set(items) != want:
+        raise ValueError(f"rope_scaling of type {rope_type!r} needs exactly the keys {sorted(want)}, got "
+                         f"{sorted(items)}")
+    return tuple(sorted((k, v) for k, v in items.items()))
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig(ModelConfig):
+    arch = "llama"
+
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    num_layers: int = 32
+    head_dim: int = 128
+    num_heads: tuple[int, ...] = (32,) * 32
+    num_kv_heads: tuple[int, ...] = (32,) * 32
+    intermediate_sizes: tuple[int, ...] = (11008,) * 32
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: tuple[tuple[str, Any], ...] | None = None  # see ROPE_SCALING_KEYS; includes ("rope_type", …)
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    dtype: str = "float32"  # parameters and activations; norms and softmax always run in float32
+
+    def __post_init__(self) -> None:
+        for name in ("num_heads", "num_kv_heads", "intermediate_sizes"):
+            value = tuple(int(v) for v in getattr(self, name))
+            object.__setattr__(self, name, value)
+            if len(value) != self.num_layers:
+                raise ValueError(f"{name} needs {self.num_layers} entries (one per block), got {len(value)}: {value}")
+            if any(v < 1 for v in value):
+                raise ValueError(f"{name} entries must be ≥ 1, got {value}")
+        object.__setattr__(self, "rope_scaling", _canonical_rope_scaling(self.rope_scaling))
+        for i, (hq, hkv) in enumerate(zip(self.num_heads, self.num_kv_heads, strict=True)):
+            if hq % hkv:
+                raise ValueError(f"block {i}: num_heads {hq} is not a multiple of num_kv_heads {hkv}")
+        for name in ("vocab_size", "hidden_size", "num_layers", "head_dim", "max_position_embeddings"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+
+    @property
+    def jnp_dtype(self) -> Any:
+        return DTYPES[self.dtype]
+
+    def groups_per_kv(self, i: int) -> int:
+        """Query heads per KV head in block ``i`` (Hq / Hkv)."""
+        return self.num_heads[i] // self.num_kv_heads[i]
+
+    def is_uniform(self) -> bool:
+        """Every block has the same widths (what an HF ``LlamaConfig`` can express)."""
+        return all(len(set(w)) <= 1 for w in (self.num_heads, self.num_kv_heads, self.intermediate_sizes))
+
+    def module(self) -> nn.Module:
+        return Llama(self)
+
+    def init(self, key: jax.Array, batch_size: int = 1) -> dict[str, Any]:
+        """Randomly initialised ``{'params': …}`` (normal(0.02) weights as in HF, unit norm scales)."""
+        ids = jnp.zeros((batch_size, 1), jnp.int32)
+        module = self.module()
+        seed = jax.random.randint(key, (), 0, jnp.iinfo(jnp.int32).max)  # rbg: much faster to compile (see base)
+        rbg = jax.random.key(seed, impl="rbg")
+        variables = jax.jit(lambda k: module.init({"params": k}, ids))(rbg)
+        return jax.tree.map(lambda a: a, dict(variables))
+
+    def fold_spec(self) -> FoldSpec:
+        return fold_spec(self)
+
+    def param_count(self) -> int:
+        d, hd = self.hidden_size, self.head_dim
+        total = self.vocab_size * d * (1 if self.tie_word_embeddings else 2) + d
+        for hq, hkv, f in zip(self.num_heads, self.num_kv_heads, self.intermediate_sizes, strict=True):
+            total += 2 * d + 2 * d * hq * hd + 2 * d * hkv * hd + 3 * d * f
+        return total
+
+    def flops(self, context: int = 0) -> int:
+        """Forward FLOPs per token, 2 × MACs of every projection and the lm_head (tied or not). The attention
+        score/value products depend on the sequence: they are excluded unless ``context`` (keys attended to) is
+        given, which adds 2 · 2 · Hq · hd · context per block. Norms, RoPE, softmax and SiLU are not counted."""
+        d, hd = self.hidden_size, self.head_dim
+        macs = d * self.vocab_size
+        for hq, hkv, f in zip(self.num_heads, self.num_kv_heads, self.intermediate_sizes, strict=True):
+            macs += d * (2 * hq + 2 * hkv) * hd + 3 * d * f + 2 * hq * hd * context
+        return 2 * macs
+
+
+def llama(vocab_size: int = 32000, hidden_size: int = 4096, num_layers: int = 32, num_heads: int = 32,
+          num_kv_heads: int | None = None, head_dim: int | None = None, intermediate_size: int = 11008,
+          rms_norm_eps: float = 1e-6, rope_theta: float = 10000.0, rope_scaling: Mapping[str, Any] | None = None,
+          max_position_embeddings: int = 2048, tie_word_embeddings: bool = False,
+          dtype: str = "float32") -> LlamaConfig:
+    """A LLaMA with the same widths in every block (defaults: LLaMA-7B). ``head_dim`` defaults to
+    hidden_size // num_heads, ``num_kv_heads`` to num_heads (MHA)."""
+    if head_dim is None:
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_heads {num_heads}; give head_dim")
+        head_dim = hidden_size // num_heads
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers, head_dim=head_dim,
+                       num_heads=(num_heads,) * num_layers, num_kv_heads=(num_kv_heads or num_heads,) * num_layers,
+                       intermediate_sizes=(intermediate_size,) * num_layers, rms_norm_eps=rms_norm_eps,
+                       rope_theta=rope_theta, rope_scaling=rope_scaling,
+                       max_position_embeddings=max_position_embeddings, tie_word_embeddings=tie_word_embeddings,
+                       dtype=dtype)
+
+
+register(LlamaConfig)
+
+
+# --- RoPE -----------------------------------------------------------------------------------------------------------
+def rope_inv_freq(cfg: LlamaConfig) -> np.ndarray:
+    """The (head_dim/2,) float32 inverse frequencies, computed in float32 exactly as HF does (incl. scaling)."""
+    hd = cfg.head_dim
+    inv = np.float32(1.0) / (np.float32(cfg.rope_theta) ** (np.arange(0, hd, 2, dtype=np.int64).astype(np.float32)
+                                                            / np.float32(hd)))
+    if cfg.rope_scaling is None:
+        return inv
+    s = dict(cfg.rope_scaling)
+    factor = np.float32(s["factor"])
+    if s["rope_type"] == "linear":
+        return inv / factor
+    # llama3: long wavelengths divided by factor, short ones kept, a smooth interpolation in between
+    low, high, old = s["low_freq_factor"], s["high_freq_factor"], s["original_max_position_embeddings"]
+    low_wavelen, high_wavelen = old / low, old / high
+    wavelen = np.float32(2 * math.pi) / inv
+    scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
+    smooth = (np.float32(old) / wavelen - np.float32(low)) / np.float32(high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_tables(cfg: LlamaConfig, positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """cos, sin of shape (T, head_dim) in the model dtype, HF layout (the frequencies repeated twice)."""
+    freqs = positions.astype(jnp.float32)[:, None] * jnp.asarray(rope_inv_freq(cfg))[None, :]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb).astype(cfg.jnp_dtype), jnp.sin(emb).astype(cfg.jnp_dtype)
+
+
+def _rotate_half(x: jax.Array) -> jax.Array:
+    half = x.shape[-1] // 2
+    return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def _apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """x (B, T, …, hd); cos/sin (T, hd) broadcast over batch and head axes."""
+    shape = (1, cos.shape[0]) + (1,) * (x.ndim - 3) + (cos.shape[1],)
+    return x * cos.reshape(shape) + _rotate_half(x) * sin.reshape(shape)
+
+
+# --- the module -----------------------------------------------------------------------------------------------------
+Cache = list[tuple[jax.Array, jax.Array]]  # per block: keys, values of shape (B, L, Hkv, hd)
+
+
+class RMSNorm(nn.Module):
+    eps: float
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.dtype)
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return y.astype(self.dtype) * scale.reshape((1,) * (x.ndim - 1) + (-1,))
+
+
+def _dense(features: int, dtype: Any, name: str) -> nn.Dense:
+    return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=dtype, kernel_init=_INIT, name=name)
+
+
+class Attention(nn.Module):
+    """Causal grouped-query attention: queries reshaped to (KV group, head in group), one einsum for all heads."""
+
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, start: Any,
+                 cache: tuple[jax.Array, jax.Array] | None) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        b, t, _ = x.shape
+        hkv, hd = self.num_kv_heads, self.head_dim
+        r = self.num_heads // hkv
+        q = _dense(self.num_heads * hd, self.dtype, "q")(x).reshape(b, t, hkv, r, hd)  # head h = (h // r, h % r)
+        k = _dense(hkv * hd, self.dtype, "k")(x).reshape(b, t, hkv, hd)
+        v = _dense(hkv * hd, self.dtype, "v")(x).reshape(b, t, hkv, hd)
+        q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+        qpos = start + jnp.arange(t)
+        if cache is None:
+            keys, values, kpos = k, v, qpos
+        else:  # write this step's keys/values at [start, start + t) and attend over the whole (masked) cache
+            keys = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, start, 0, 0))
+            values = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, start, 0, 0))
+            kpos = jnp.arange(keys.shape[1])
+            cache = (keys, values)
+        scores = jnp.einsum("btgrd,bsgd->bgrts", q, keys, preferred_element_type=jnp.float32) * (hd ** -0.5)
+        mask = (kpos[None, :] <= qpos[:, None])[None, None, None]
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bgrts,bsgd->btgrd", probs, values.astype(self.dtype)).reshape(b, t, self.num_heads * hd)
+        return _dense(x.shape[-1], self.dtype, "o")(out), cache
+
+
+class MLP(nn.Module):
+    intermediate_size: int
+    dtype: Any
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        gate = _dense(self.intermediate_size, self.dtype, "gate")(x)
+        up = _dense(self.intermediate_size, self.dtype, "up")(x)
+        return _dense(x.shape[-1], self.dtype, "down")(nn.silu(gate) * up)
+
+
+class Block(nn.Module):
+    config: LlamaConfig
+    index: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array, start: Any,
+                 cache: tuple[jax.Array, jax.Array] | None) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        cfg, i = self.config, self.index
+        dt = cfg.jnp_dtype
+        h, cache = Attention(cfg.num_heads[i], cfg.num_kv_heads[i], cfg.head_dim, dt, name="attn")(
+            RMSNorm(cfg.rms_norm_eps, dt, name="attn_norm")(x), cos, sin, start, cache)
+        x = x + h
+        x = x + MLP(cfg.intermediate_sizes[i], dt, name="mlp")(RMSNorm(cfg.rms_norm_eps, dt, name="mlp_norm")(x))
+        return x, cache
+
+
+class Llama(nn.Module):
+    """``apply(variables, ids)`` → float32 logits (B, T, V). With ``cache`` (see :func:`init_cache`) it returns
+    ``(logits, new_cache)``, the tokens being at positions ``start … start + T − 1``."""
+
+    config: LlamaConfig
+
+    @nn.compact
+    def __call__(self, input_ids: jax.Array, cache: Cache | None = None, start: Any = 0) -> Any:
+        cfg = self.config
+        dt = cfg.jnp_dtype
+        embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=dt, param_dtype=dt, embedding_init=_INIT,
+                         name="embed")
+        x = embed(input_ids)
+        cos, sin = rope_tables(cfg, start + jnp.arange(input_ids.shape[1]))
+        new_cache = []
+        for i in range(cfg.num_layers):
+            x, layer_cache = Block(cfg, i, name=f"block_{i}")(x, cos, sin, start,
+                                                               None if cache is None else cache[i])
+            new_cache.append(layer_cache)
+        x = RMSNorm(cfg.rms_norm_eps, dt, name="final_norm")(x)
+        logits = embed.attend(x) if cfg.tie_word_embeddings else _dense(cfg.vocab_size, dt, "lm_head")(x)
+        logits = logits.astype(jnp.float32)
+        return logits if cache is None else (logits, new_cache)
+
+
+def init_cache(cfg: LlamaConfig, batch: int, length: int) -> Cache:
+    """An empty KV cache for ``length`` positions."""
+    return [(jnp.zeros((batch, length, h, cfg.head_dim), cfg.jnp_dtype),) * 2 for h in cfg.num_kv_heads]
+
+
+# --- greedy generation ----------------------------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "eos_id"))
+def _generate(config: LlamaConfig, variables: Any, prompt: jax.Array, max_new_tokens: int,
+              eos_id: int | None) -> tuple[jax.Array, jax.Array]:
+    module = config.module()
+    b, p = prompt.shape
+    logits, cache = module.apply(variables, prompt, init_cache(config, b, p + max_new_tokens), 0)
+    token = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
+    fill = -1 if eos_id is None else eos_id
+
+    def cond(state: tuple) -> jax.Array:
+        i, _, _, _, done = state
+        return (i < max_new_tokens) & ~jnp.all(done)
+
+    def body(state: tuple) -> tuple:
+        i, token, cache, out, done = state
+        out = out.at[:, i].set(jnp.where(done, fill, token))
+        if eos_id is not None:
+            done = done | (token == eos_id)
+        logits, cache = module.apply(variables, token[:, None], cache, p + i)
+        return i + 1, jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), cache, out, done
+
+    out = jnp.full((b, max_new_tokens), fill, jnp.int32)
+    state = (jnp.int32(0), token, cache, out, jnp.zeros((b,), bool))
+    n, _, _, out, _ = jax.lax.while_loop(cond, body, state)
+    return out, n
+
+
+def generate(config: LlamaConfig, variables: Any, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int,
+             eos_id: int | None = None) -> np.ndarray:
+    """Greedy decoding with a KV cache (jitted prefill, then single-token steps in a ``lax.while_loop``).
+
+    ``prompt_ids`` is one prompt (1-D) or a batch of equal-length prompts (2-D). Returns the prompt followed by the
+    generated tokens, same rank as the input; generation stops after ``eos_id`` (kept in the output) or
+    ``max_new_tokens``. In a batch, rows that already stopped are padded with ``eos_id``.
+    """
+    prompt = np.asarray(prompt_ids, np.int32)
+    single = prompt.ndim == 1
+    prompt = prompt[None] if single else prompt
+    if prompt.ndim != 2 or prompt.shape[1] == 0:
+        raise ValueError(f"prompt_ids must be a non-empty 1-D sequence or a 2-D batch, got shape {prompt.shape}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be ≥ 0, got {max_new_tokens}")
+    if max_new_tokens == 0:
+        return prompt[0] if single else prompt
+    out, n = _generate(config, variables, jnp.asarray(prompt), int(max_new_tokens),
+                       None if eos_id is None else int(eos_id))
+    result = np.concatenate([prompt, np.asarray(out)[:, : int(n)]], axis=1)
+    return result[0] if single else result
+
+
+# --- fold specs -----------------------------------------------------------------------------------------------------
+def _attn_paths(i: int) -> dict[str, str]:
+    return {n: f"params/block_{i}/attn/{n}/kernel" for n in ("q", "k", "v", "o")}
+
+
+def fold_spec(cfg: LlamaConfig, gqa: str = DEFAULT_GQA) -> FoldSpec:
+    """Per block ``block{i}.attn`` (attention heads, see the module docstring for ``gqa``) and ``block{i}.mlp``
+    (the SwiGLU hidden neurons: gate/up columns averaged, down rows summed). The residual width, embeddings, norms
+    and lm_head never fold.
+
+    ``gqa="kv_groups"``: one unit = one KV group (its Hq/Hkv query heads + its k/v head); the width is the number of
+    KV groups and sets ``num_kv_heads[i] = width``, ``num_heads[i] = width · Hq/Hkv``. ``gqa="within_groups"``:
+    the attention of GQA blocks is left out of the spec (declared unfoldable) — fold it with
+    :func:`fold_within_groups`; MHA blocks get the plain head group in both modes.
+    """
+    if gqa not in GQA_MODES:
+        raise ValueError(f"gqa must be one of {GQA_MODES}, got {gqa!r}")
+    unfoldable = [("params/embed/embedding", 0), ("params/embed/embedding", 1), ("params/final_norm/scale", 0)]
+    if not cfg.tie_word_embeddings:
+        unfoldable += [("params/lm_head/kernel", 0), ("params/lm_head/kernel", 1)]
+    groups = []
+    hd = cfg.head_dim
+    for i in range(cfg.num_layers):
+        a, b = _attn_paths(i), f"params/block_{i}"
+        unfoldable += [(f"{b}/attn_norm/scale", 0), (f"{b}/mlp_norm/scale", 0), (a["q"], 0), (a["k"], 0),
+                       (a["v"], 0), (a["o"], 1), (f"{b}/mlp/gate/kernel", 0), (f"{b}/mlp/up/kernel", 0),
+                       (f"{b}/mlp/down/kernel", 1)]
+        r = cfg.groups_per_kv(i)
+        if gqa == "kv_groups" or r == 1:
+            members = (Member(a["q"], 1, "producer", block=r * hd), Member(a["k"], 1, "producer", block=hd),
+                       Member(a["v"], 1, "producer", block=hd), Member(a["o"], 0, "consumer", block=r * hd))
+            groups.append(Group(f"block{i}.attn", members, (("num_kv_heads", i), ("num_heads", i)), (1, r)))
+        else:
+            unfoldable += [(a["q"], 1), (a["k"], 1), (a["v"], 1), (a["o"], 0)]
+        mlp = (Member(f"{b}/mlp/gate/kernel", 1, "producer"), Member(f"{b}/mlp/up/kernel", 1, "producer"),
+               Member(f"{b}/mlp/down/kernel", 0, "consumer"))
+        groups.append(Group(f"block{i}.mlp", mlp, (("intermediate_sizes", i),)))
+    return FoldSpec(tuple(groups), tuple(unfoldable))
+
+
+def permute_heads_within_groups(cfg: LlamaConfig, variables: Mapping[str, Any], block: int,
+                                perms: Sequence[Sequence[int]]) -> dict[str, Any]:
+    """Reorder the query heads of every KV group of ``block`` (``perms[j]``: a permutation of range(Hq/Hkv)):
+    the q columns and o rows move together, so the function is unchanged (the within-groups symmetry)."""
+    r, hkv, hd = cfg.groups_per_kv(block), cfg.num_kv_heads[block], cfg.head_dim
+    heads = np.concatenate([j * r + np.asarray(p) for j, p in enumerate(perms)])
+    if len(perms) != hkv or sorted(heads.tolist()) != list(range(r * hkv)):
+        raise ValueError(f"need {hkv} permutations of range({r}), got {perms}")
+    cols = (heads[:, None] * hd + np.arange(hd)[None, :]).reshape(-1)
+    a = _attn_paths(block)
+    out = tree_lib.set_(variables, a["q"], jnp.asarray(tree_lib.get(variables, a["q"]))[:, cols])
+    return tree_lib.set_(out, a["o"], jnp.asarray(tree_lib.get(variables, a["o"]))[cols, :])
+
+
+def fold_within_groups(cfg: LlamaConfig, variables: Mapping[str, Any], plan: Any, key: jax.Array,
+                       **fold_options: Any) -> tuple[LlamaConfig, Any]:
+    """Fold with ``gqa="within_groups"``: in every GQA block, the query heads of each KV group are clustered and
+    merged separately (features [q columns ‖ o rows] of a head; q averaged, o summed; K/V untouched), every group
+    keeping the same k; MLPs (and the heads of MHA blocks) fold as in :func:`jaxfold.fold.fold`.
+
+    ``plan`` is as for ``fold`` (a ratio, a {group: ratio} dict, or f(group, n) -> k); for a GQA block the group
+    ``block{i}.attn`` has width n = Hq/Hkv (query heads per KV group). All clusterings use the original weights.
+    Returns ``(new_config, FoldResult)``; the result's ``labels["block{i}.attn"][h]`` is the new index of original
+    query head h. ``fold_options`` go to ``fold`` (clusterer, n_init, max_iter).
+    """
+    from jaxfold.fold import FoldResult, fold, resolve_plan, size_report
+
+    spec = fold_spec(cfg, "within_groups")
+    gqa_blocks = [i for i in range(cfg.num_layers) if cfg.groups_per_kv(i) > 1]
+    widths = {**spec.widths(variables), **{f"block{i}.attn": cfg.groups_per_kv(i) for i in gqa_blocks}}
+    ks = resolve_plan(plan, widths)
+    base = fold(variables, spec, lambda g, n: ks[g], key, **fold_options)
+    flat = tree_lib.flatten(base.variables)
+    labels, reports, new_heads = dict(base.labels), list(base.report["groups"]), {}
+    hd = cfg.head_dim
+    for i in gqa_blocks:
+        name, r, hkv, k = f"block{i}.attn", cfg.groups_per_kv(i), cfg.num_kv_heads[i], ks[f"block{i}.attn"]
+        new_heads[i] = k * hkv
+        if k == r:
+            labels[name] = np.arange(r * hkv)
+            reports.append({"group": name, "n": r, "k": k, "channel_ratio": 0.0, "inertia": 0.0, "seconds": 0.0})
+            continue
+        a = _attn_paths(i)
+        q, o = flat[a["q"]], flat[a["o"]]
+        sub_group = Group("heads", (Member("q", 1, "producer", block=hd), Member("o", 0, "consumer", block=hd)))
+        qs, os_, head_labels, inertia, seconds = [], [], [], 0.0, 0.0
+        for j in range(hkv):
+            cols = slice(j * r * hd, (j + 1) * r * hd)
+            sub = fold({"q": q[:, cols], "o": o[cols, :]}, FoldSpec((sub_group,)), lambda g, n, k=k: k,
+                       jax.random.fold_in(jax.random.fold_in(key, len(spec.groups) + i), j), check=False,
+                       **fold_options)
+            qs.append(sub.variables["q"])
+            os_.append(sub.variables["o"])
+            head_labels.append(j * k + sub.labels["heads"])
+            inertia += sub.report["groups"][0]["inertia"]
+            seconds += sub.report["groups"][0]["seconds"]
+        xp = np if all(isinstance(x, np.ndarray) for x in qs + os_) else jnp
+        flat[a["q"]], flat[a["o"]] = xp.concatenate(qs, axis=1), xp.concatenate(os_, axis=0)
+        labels[name] = np.concatenate(head_labels)
+        reports.append({"group": name, "n": r, "k": k, "channel_ratio": 1.0 - k / r, "inertia": inertia,
+                        "seconds": round(seconds, 4)})
+    new_variables = tree_lib.unflatten(flat)
+    new_cfg = cfg.with_widths(base.widths)
+    if new_heads:
+        new_cfg = new_cfg.replace(num_heads=[new_heads.get(i, h) for i, h in enumerate(new_cfg.num_heads)])
+    report = {**base.report, "groups": reports, **size_report(variables, new_variables)}
+    return new_cfg, FoldResult(new_variables, {**base.widths, **{f"block{i}.attn": ks[f"block{i}.attn"]
+                                                                for i in gqa_blocks}}, labels, report)
