@@ -323,3 +323,28 @@ def test_ifm_partition_is_permutation_invariant():
         lab = ifm(_permuted(variables, group, perm), spec, 0.5).labels[group.name]
         orig = ref.labels[group.name][perm]  # original label of each permuted channel
         assert np.array_equal(lab[:, None] == lab[None, :], orig[:, None] == orig[None, :]), group.name
+
+
+def test_wanda_sp_scores_are_weight_times_input_norm_and_prune_dead_inputs():
+    from jaxfold.baselines.wanda import consumer_input_norms, wanda_scores, wanda_sp_model
+    from jaxfold.corrections.layers import capture
+
+    cfg = models.mlp(in_channels=1, image_size=8, width=0.0625)  # 3 × 32 hidden
+    v = cfg.init(jax.random.key(0))
+    v = jax.tree.map(np.asarray, v)
+    v["params"]["bn0"]["bias"] = v["params"]["bn0"]["bias"].copy()
+    v["params"]["bn0"]["scale"] = v["params"]["bn0"]["scale"].copy()
+    v["params"]["bn0"]["scale"][:4] = 0.0  # channels 0–3 of hidden0 are dead after ReLU
+    v["params"]["bn0"]["bias"][:4] = -1.0
+    x = np.random.default_rng(0).normal(size=(64, 8, 8, 1)).astype(np.float32)
+    apply = lambda variables, x: cfg.module().apply(variables, x, train=False)  # noqa: E731
+    spec = cfg.fold_spec()
+    norms = consumer_input_norms(apply, v, spec, [x[:32], x[32:]])
+    h = np.maximum(np.asarray(capture(cfg.module(), v, x, ["bn0"])["bn0"]), 0.0)
+    np.testing.assert_allclose(norms["fc1"], np.sqrt((h**2).sum(0)), rtol=1e-5)
+    scores = wanda_scores(v, spec, norms)
+    np.testing.assert_allclose(scores["hidden0"], (np.abs(v["params"]["fc1"]["kernel"]) * norms["fc1"][:, None]).sum(1),
+                               rtol=1e-6)
+    out = wanda_sp_model(cfg, v, {"hidden0": 0.125}, [x], apply)  # keep 28 of 32
+    assert sorted(np.flatnonzero(out.channel_map["hidden0"] < 0)) == [0, 1, 2, 3]
+    assert out.report["method"] == "wanda_sp" and out.config.hidden_widths[0] == 28

@@ -1,5 +1,6 @@
 """Baselines folding is compared against, returning the same :class:`jaxfold.compress.CompressedModel`:
-structured magnitude pruning (SP-L1, SP-L2: remove the weakest channels) and IFM (greedy pairwise merging).
+structured magnitude pruning (SP-L1, SP-L2: remove the weakest channels), IFM (greedy pairwise merging) and
+Wanda-sp (|W|·‖x‖ with calibration data; needs data, so it is not in ``BASELINES``).
 
 ``BASELINES[name](model_config, variables, plan)`` runs one by name, so sweeps treat them like folding.
 """
@@ -12,6 +13,7 @@ from typing import Any
 
 from jaxfold.baselines.ifm import consumer_columns, ifm, ifm_labels, ifm_model
 from jaxfold.baselines.pruning import PruneResult, channel_scores, keep_top, prune, prune_model
+from jaxfold.baselines.wanda import consumer_input_norms, wanda_scores, wanda_sp_model
 from jaxfold.compress import CompressedModel
 
 Baseline = Callable[[Any, dict[str, Any], Any], CompressedModel]  # (model_config, variables, plan)
@@ -22,5 +24,19 @@ BASELINES: dict[str, Baseline] = {
     "ifm": ifm_model,
 }
 
-__all__ = ["BASELINES", "Baseline", "PruneResult", "channel_scores", "consumer_columns", "ifm", "ifm_labels",
-           "ifm_model", "keep_top", "prune", "prune_model"]
+__all__ = [
+    "BASELINES",
+    "Baseline",
+    "PruneResult",
+    "channel_scores",
+    "consumer_columns",
+    "consumer_input_norms",
+    "ifm",
+    "ifm_labels",
+    "ifm_model",
+    "keep_top",
+    "prune",
+    "prune_model",
+    "wanda_scores",
+    "wanda_sp_model",
+]

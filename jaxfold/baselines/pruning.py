@@ -60,8 +60,9 @@ def take_channels(flat: Mapping[str, Any], group: Group, keep: np.ndarray, n: in
 
 
 def prune(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, *, norm: int = 2,
-          check: bool = True) -> PruneResult:
-    """Prune ``variables`` to the widths ``plan`` asks for, keeping the channels of largest L``norm`` feature norm.
+          check: bool = True, scores: Mapping[str, np.ndarray] | None = None) -> PruneResult:
+    """Prune ``variables`` to the widths ``plan`` asks for, keeping the channels of largest L``norm`` feature norm
+    (or of largest ``scores[group]`` when given, e.g. Wanda-sp's data-aware scores).
 
     Pure: the input is not modified. Groups whose k equals their width are left exactly as they are.
     """
@@ -77,7 +78,11 @@ def prune(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, *, norm: int
     for group in spec.groups:
         n, k = widths[group.name], ks[group.name]
         t0 = time.perf_counter()
-        keep = np.arange(n) if k == n else keep_top(channel_scores(flat, group, n, norm), k)
+        if k == n:
+            keep = np.arange(n)
+        else:
+            score = channel_scores(flat, group, n, norm) if scores is None else np.asarray(scores[group.name])
+            keep = keep_top(score, k)
         keeps[group.name] = keep
         cmap = np.full(n, -1, np.int64)
         cmap[keep] = np.arange(k)
