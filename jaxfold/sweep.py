@@ -271,6 +271,8 @@ def summary_table(records: Iterable[dict[str, Any]]) -> str:
         if r["method"] == "fold":
             sparsity[r["ratio"]] = r["param_sparsity"]
     ratios = sorted({ratio for cells in rows.values() for ratio in cells})
+    known = {v: i for i, v in enumerate(PAPER_CV_VARIANTS)}
+    rows = dict(sorted(rows.items(), key=lambda item: (known.get(item[0], len(known)), item[0])))
     head = ["method:correction"] + [f"r={x:g} ({100 * sparsity[x]:.1f} %)" if x in sparsity else f"r={x:g}"
                                     for x in ratios]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
