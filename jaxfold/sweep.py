@@ -53,8 +53,14 @@ class Point:
         return f"{self.method}:{self.correction}:{self.ratio:g}:{self.seed}"
 
 
-def grid(sweep: ml_collections.ConfigDict) -> list[Point]:
-    """The sweep's points, validated: ``variants`` are "method:correction" pairs."""
+LM_METHODS = ("fold", "magnitude", "wanda_sp")
+
+
+def grid(sweep: ml_collections.ConfigDict, language_model: bool = False) -> list[Point]:
+    """The sweep's points, validated: ``variants`` are "method:correction" pairs (image models) or
+    "method:schedule" pairs (language models; ``ratios`` are then target fractions of parameters removed)."""
+    if language_model:
+        return _lm_grid(sweep)
     points = []
     for variant in sweep.variants:
         method, sep, corr = str(variant).partition(":")
@@ -69,6 +75,19 @@ def grid(sweep: ml_collections.ConfigDict) -> list[Point]:
         for ratio in sweep.ratios:
             for seed in sweep.seeds:
                 points.append(Point(method, corr, float(ratio), int(seed)))
+    return points
+
+
+def _lm_grid(sweep: ml_collections.ConfigDict) -> list[Point]:
+    from jaxfold.schedules import SCHEDULES
+
+    points = []
+    for variant in sweep.variants:
+        method, sep, schedule = str(variant).partition(":")
+        if not sep or method not in LM_METHODS or schedule not in SCHEDULES:
+            raise ValueError(f"language-model sweep variant {variant!r} must be method:schedule with method in "
+                             f"{list(LM_METHODS)} and schedule in {sorted(SCHEDULES)}")
+        points += [Point(method, schedule, float(r), int(s)) for r in sweep.ratios for s in sweep.seeds]
     return points
 
 
@@ -208,6 +227,87 @@ class _Runner:
                 "correction_seconds": 0.0, "eval_seconds": round(time.perf_counter() - t0, 4)}
 
 
+class _LMRunner:
+    """Language-model points: the model, the evaluation tokens and the calibration windows are loaded once; one
+    plan per (schedule, target) is calibrated and shared by folding, magnitude pruning and Wanda-sp, so all three
+    have exactly the same widths and parameter count."""
+
+    def __init__(self, config: ml_collections.ConfigDict) -> None:
+        from jaxfold.data.text import read_text_source
+        from jaxfold.eval.perplexity import windows
+        from jaxfold.llm import load_language_model, logits_fn
+
+        self.config, self.sweep, self.lm = config, config.sweep, config.lm
+        self.model = load_language_model(self.lm.source, self.lm.get("dtype", "float32"))
+        self.tokens = self.model.encode(read_text_source(self.lm.text))
+        calibration = windows(self.model.encode(read_text_source(self.lm.calibration)), self.lm.calibration_seqlen)
+        self.calibration = calibration[: self.lm.calibration_windows]
+        self.logits = logits_fn
+        self._plans: dict[tuple[str, float], Any] = {}
+
+    def _plan(self, p: Point) -> Any:
+        from jaxfold.schedules import calibrate
+
+        if (p.correction, p.ratio) not in self._plans:
+            self._plans[(p.correction, p.ratio)] = calibrate(self.model.config, p.correction, p.ratio,
+                                                             self.lm.get("sparsity_tolerance", 0.01))[0]
+        return self._plans[(p.correction, p.ratio)]
+
+    def _evaluate(self, config: Any, variables: Any) -> dict[str, Any]:
+        from jaxfold.eval.perplexity import perplexity
+
+        return perplexity(self.logits(config), variables, self.tokens, self.lm.seqlen, 1, self.lm.max_windows)
+
+    def _record(self, p: Point, config: Any, params_before: int, metrics: dict, fold_seconds: float) -> dict:
+        return {"id": p.id, "model": self.lm.source, "dataset": self.lm.text, "method": p.method,
+                "correction": "none", "schedule": p.correction, "target": p.ratio, "ratio": p.ratio, "seed": p.seed,
+                "param_sparsity": 1.0 - config.param_count() / params_before, "params": config.param_count(),
+                "params_before": params_before, "flops": config.flops(), "flops_before": self.model.config.flops(),
+                "metric": "perplexity", "value": metrics["perplexity"], "loss": metrics["nll"],
+                "tokens": metrics["tokens"], "fold_seconds": round(fold_seconds, 4), "correction_seconds": 0.0,
+                "eval_seconds": metrics["seconds"]}
+
+    def run(self, p: Point) -> dict[str, Any]:
+        from jaxfold.baselines import prune_model, wanda_sp_model
+
+        base, plan = self.model, self._plan(p)
+        t0 = time.perf_counter()
+        if p.method == "fold":
+            out = fold_model(base.config, base.variables, plan, jax.random.key(p.seed), n_init=self.sweep.n_init,
+                             max_iter=self.sweep.get("max_iter", 300), clusterer=self.sweep.get("clusterer", "kmeans"))
+        elif p.method == "magnitude":
+            out = prune_model(base.config, base.variables, plan)
+        else:
+            out = wanda_sp_model(base.config, base.variables, plan, [w[None] for w in self.calibration],
+                                 self.logits(base.config))
+        seconds = time.perf_counter() - t0
+        record = self._record(p, out.config, base.config.param_count(), self._evaluate(out.config, out.variables),
+                              seconds)
+        prompts = self.sweep.get("generate_prompts", ())
+        if prompts and any(abs(p.ratio - float(a)) < 1e-9 for a in self.sweep.get("generate_at", ())):
+            record["generations"] = self.generations(out.config, out.variables, prompts)
+        return record
+
+    def generations(self, config: Any, variables: Any, prompts: Any) -> list[dict[str, str]]:
+        from jaxfold.models.llama import generate
+
+        out = []
+        for prompt in prompts:
+            ids = self.model.encode(prompt)
+            new = generate(config, variables, ids, self.sweep.max_new_tokens)[len(ids):]
+            out.append({"prompt": prompt, "continuation": self.model.decode(new)})
+        return out
+
+    def dense(self) -> dict[str, Any]:
+        cfg = self.model.config
+        record = self._record(Point("dense", "none", 0.0, 0), cfg, cfg.param_count(),
+                              self._evaluate(cfg, self.model.variables), 0.0)
+        record.update(id="dense", schedule="none")
+        if self.sweep.get("generate_prompts", ()):
+            record["generations"] = self.generations(cfg, self.model.variables, self.sweep.generate_prompts)
+        return record
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(part) for part in text.split("/"))
@@ -238,16 +338,18 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | os.PathLike, sha
         raise ValueError("the config has no `sweep` section (checkpoint, variants, ratios, seeds, …)")
     for module in config.sweep.get("imports", ()):  # user modules that register corrections or baselines
         importlib.import_module(module)
-    points = grid(config.sweep)
+    language_model = "lm" in config
+    points = grid(config.sweep, language_model)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     write_manifest(workdir, config)
-    _ensure_checkpoint(config)
+    if not language_model:
+        _ensure_checkpoint(config)
     _terminate_torn_line(workdir)
     done = {r["id"] for r in read_results(workdir)}
     index, count = shard
     todo = [p for i, p in enumerate(points) if i % count == index and p.id not in done]
-    runner = _Runner(config)
+    runner = _LMRunner(config) if language_model else _Runner(config)
     if index == 0 and "dense" not in done:
         append_result(workdir, runner.dense())
     for p in tqdm(todo, desc=f"sweep {workdir.name}", disable=not progress, unit="point"):
@@ -258,29 +360,36 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | os.PathLike, sha
 
 
 def summary_table(records: Iterable[dict[str, Any]]) -> str:
-    """Markdown: one row per method+correction, one column per ratio; cells are the metric in % (mean over
-    seeds) and the header gives each ratio's parameter sparsity."""
+    """Markdown: one row per method + correction (or schedule), one column per ratio (or target sparsity); cells
+    are the metric (accuracy in %, perplexity as is), the mean over seeds; the header gives each column's
+    parameter sparsity as achieved by the fold."""
     records = list(records)
     dense = [r for r in records if r["method"] == "dense"]
+    percent = bool(records) and records[0]["metric"] == "accuracy"
     rows: dict[str, dict[float, list[float]]] = {}
     sparsity: dict[float, float] = {}
     for r in records:
         if r["method"] == "dense":
             continue
-        rows.setdefault(f"{r['method']}:{r['correction']}", {}).setdefault(r["ratio"], []).append(r["value"])
+        rows.setdefault(f"{r['method']}:{r.get('schedule', r['correction'])}", {}).setdefault(r["ratio"], []).append(
+            r["value"])
         if r["method"] == "fold":
             sparsity[r["ratio"]] = r["param_sparsity"]
     ratios = sorted({ratio for cells in rows.values() for ratio in cells})
     known = {v: i for i, v in enumerate(PAPER_CV_VARIANTS)}
     rows = dict(sorted(rows.items(), key=lambda item: (known.get(item[0], len(known)), item[0])))
-    head = ["method:correction"] + [f"r={x:g} ({100 * sparsity[x]:.1f} %)" if x in sparsity else f"r={x:g}"
-                                    for x in ratios]
+    name = "r" if percent else "target"
+    head = ["method:" + ("correction" if percent else "schedule")] + [
+        f"{name}={x:g} ({100 * sparsity[x]:.1f} %)" if x in sparsity else f"{name}={x:g}" for x in ratios]
+    scale = 100.0 if percent else 1.0
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for name, cells in rows.items():
-        vals = [f"{100 * np.mean(cells[x]):.2f}" if x in cells else "" for x in ratios]
-        lines.append("| " + " | ".join([name, *vals]) + " |")
-    note = f"\nDense: {100 * dense[0]['value']:.2f} % ({dense[0]['params']:,} params).\n" if dense else "\n"
-    return "\n".join(lines) + "\n" + note
+    for row, cells in rows.items():
+        vals = [f"{scale * np.mean(cells[x]):.2f}" if x in cells else "" for x in ratios]
+        lines.append("| " + " | ".join([row, *vals]) + " |")
+    if dense:
+        value = f"{100 * dense[0]['value']:.2f} %" if percent else f"perplexity {dense[0]['value']:.2f}"
+        return "\n".join(lines) + f"\n\nDense: {value} ({dense[0]['params']:,} params).\n"
+    return "\n".join(lines) + "\n"
 
 
 PAPER_CV_VARIANTS = ("fold:none", "fold:fold_ar", "fold:fold_ar_fused", "fold:fold_dir", "fold:repair", "sp_l1:none",

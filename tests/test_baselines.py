@@ -337,7 +337,7 @@ def test_wanda_sp_scores_are_weight_times_input_norm_and_prune_dead_inputs():
     v["params"]["bn0"]["scale"][:4] = 0.0  # channels 0–3 of hidden0 are dead after ReLU
     v["params"]["bn0"]["bias"][:4] = -1.0
     x = np.random.default_rng(0).normal(size=(64, 8, 8, 1)).astype(np.float32)
-    apply = lambda variables, x: cfg.module().apply(variables, x, train=False)  # noqa: E731
+    apply = lambda variables, x: cfg.module().apply(variables, x, train=False)
     spec = cfg.fold_spec()
     norms = consumer_input_norms(apply, v, spec, [x[:32], x[32:]])
     h = np.maximum(np.asarray(capture(cfg.module(), v, x, ["bn0"])["bn0"]), 0.0)

@@ -15,8 +15,17 @@ def test_every_config_loads_and_builds(path):
     config = config_lib.load(path)
     doc = Path(path).read_text().split('"""')[1]
     assert f"--config {Path(path).relative_to(Path(path).parent.parent)}" in doc  # docstring holds the launch command
+    if "lm" in config:  # language-model experiments name a model source instead of building one
+        from jaxfold.sweep import grid
+
+        assert config.lm.source and grid(config.sweep, language_model=True)
+        return
     cfg = model_config(config)
     assert cfg.param_count() > 0
+    if "sweep" in config:
+        from jaxfold.sweep import grid
+
+        assert grid(config.sweep)
 
 
 def test_config_arg_and_overrides():

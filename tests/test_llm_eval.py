@@ -1,6 +1,7 @@
 """Language-model evaluation on a bigram model whose answers are known in closed form: perplexity by Wanda's
 protocol (windows, tail dropped, seqlen − 1 predictions per window) and lm-eval style multiple choice."""
 
+import itertools
 import json
 import math
 
@@ -23,7 +24,7 @@ def _table(seed=0):
 
 def _reference_nll(table, w):
     logp = table - np.log(np.exp(table).sum(1, keepdims=True))
-    return -np.mean([logp[a, b] for row in w for a, b in zip(row[:-1], row[1:], strict=True)])
+    return -np.mean([logp[a, b] for row in w for a, b in itertools.pairwise(row)])
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])
@@ -37,6 +38,14 @@ def test_perplexity_matches_the_closed_form_and_drops_the_tail(batch_size):
     np.testing.assert_allclose(out["perplexity"], math.exp(out["nll"]), rtol=1e-9)
 
 
+def test_perplexity_max_windows_keeps_the_first_ones():
+    table = _table()
+    ids = np.random.default_rng(1).integers(0, V, 100)
+    out = perplexity(bigram_logits, table, ids, seqlen=10, max_windows=3)
+    assert out["windows"] == 3 and out["tokens"] == 30
+    np.testing.assert_allclose(out["nll"], _reference_nll(table, ids[:30].reshape(3, 10)), rtol=1e-5)
+
+
 def test_perplexity_bad_inputs():
     with pytest.raises(ValueError, match="fewer than one window"):
         windows(np.arange(5), 8)
@@ -46,7 +55,7 @@ def test_perplexity_bad_inputs():
 
 def test_multiple_choice_scores_continuations(tmp_path):
     table = np.full((V, V), -5.0, np.float32)
-    encode = lambda text: [ord(c) % V for c in text]  # noqa: E731
+    encode = lambda text: [ord(c) % V for c in text]
     for a, b in zip("the cat", "he cat.", strict=True):  # a model that has learnt "the cat."
         table[ord(a) % V, ord(b) % V] = 5.0
     path = tmp_path / "mc.jsonl"

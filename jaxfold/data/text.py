@@ -75,3 +75,17 @@ def read_wikitext(path: str | os.PathLike, *, style: str = "wanda") -> str:
             raise ValueError(f"style must be 'wanda' or 'raw', got {style!r}")
         rows = [row if row.strip() else "" for row in f]
     return "\n\n".join(rows)
+
+
+def read_text_source(source: str) -> str:
+    """The text a command-line ``--text`` names: ``shakespeare:<split or work>``, ``wikitext:<wiki.test.raw>``
+    (joined the Wanda way) or a path to any UTF-8 text file."""
+    kind, sep, rest = source.partition(":")
+    if sep and kind == "shakespeare":
+        return read_corpus(rest)
+    if sep and kind == "wikitext":
+        return read_wikitext(rest)
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"--text {source}: no such file (or use shakespeare:test, wikitext:PATH)")
+    return path.read_text(encoding="utf-8")

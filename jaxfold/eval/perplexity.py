@@ -42,11 +42,16 @@ def windows(token_ids: np.ndarray, seqlen: int) -> np.ndarray:
 
 
 def perplexity(logits_fn: LogitsFn, variables: Any, token_ids: np.ndarray, seqlen: int,
-               batch_size: int = 1) -> dict[str, Any]:
+               batch_size: int = 1, max_windows: int | None = None) -> dict[str, Any]:
     """``{'perplexity', 'nll', 'tokens', 'windows', 'seqlen', 'seconds', 'tokens_per_second'}``.
 
-    ``logits_fn`` should be a stable object (e.g. stored once per model) so the jit cache hits across calls."""
+    ``max_windows`` keeps only the first windows (a quick, still deterministic estimate on a CPU; the protocol is
+    all of them). ``logits_fn`` should be a stable object so the jit cache hits across calls."""
     w = windows(token_ids, seqlen)
+    if max_windows is not None:
+        if max_windows < 1:
+            raise ValueError(f"max_windows must be ≥ 1, got {max_windows}")
+        w = w[:max_windows]
     t0 = time.perf_counter()
     total = jnp.zeros(())
     for start in range(0, len(w), batch_size):

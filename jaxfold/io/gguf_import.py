@@ -2,8 +2,9 @@
 layout, an HF-style ``config.json`` dict, and the embedded byte-level BPE tokenizer rebuilt with ``tokenizers``.
 
 This is how the real pretrained model reachable here (SmolLM2-135M-Instruct, `jaxfold data fetch smollm2`) gets
-in; :func:`load_gguf` then hands the tensors to the HF importer. Every tensor is dequantised to float32 with
-``gguf.quants.dequantize`` (Q4_1/Q8_0/F16/… alike), so the weights are exactly what llama.cpp computes with.
+in: :func:`load_gguf` hands the tensors to the HF importer (`jaxfold.io.hf_import`), which checks them strictly.
+Every tensor is dequantised to float32 with ``gguf.quants.dequantize`` (Q4_1/Q8_0/F16/… alike), so the weights are
+exactly what llama.cpp computes with.
 
 Three things differ from an HF checkpoint and are undone here:
 - GGUF lists a tensor's dims fastest-first (``[in, out]`` for a Linear); the reader's numpy arrays are already
@@ -23,6 +24,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from jaxfold.io.hf_import import convert_state_dict, llama_config_from_hf
+from jaxfold.models.llama import LlamaConfig
 
 # llama.cpp per-block tensor name → HF name inside ``model.layers.{i}.``
 _LAYER_NAMES = {
@@ -94,10 +98,9 @@ def _hf_config(meta: Mapping[str, Any], tensor_names: set[str], source: str) -> 
         "tie_word_embeddings": "output.weight" not in tensor_names,
         "attention_bias": False, "mlp_bias": False, "torch_dtype": "float32",
     }
-    for name in ("bos", "eos", "padding", "unknown"):
-        if f"tokenizer.ggml.{name}_token_id" in meta:
-            key = {"padding": "pad", "unknown": "unk"}.get(name, name)
-            config[f"{key}_token_id"] = int(meta[f"tokenizer.ggml.{name}_token_id"])
+    for ours, theirs in (("bos", "bos"), ("eos", "eos"), ("pad", "padding")):
+        if f"tokenizer.ggml.{theirs}_token_id" in meta:
+            config[f"{ours}_token_id"] = int(meta[f"tokenizer.ggml.{theirs}_token_id"])
     if int(get("llama.vocab_size", len(tokens))) != len(tokens):
         raise ValueError(f"{source}: llama.vocab_size {meta['llama.vocab_size']} != {len(tokens)} tokens")
     return config
@@ -178,6 +181,10 @@ def gguf_tokenizer(path_or_metadata: str | os.PathLike | Mapping[str, Any]):
     (``<|im_start|>`` …) as special added tokens, the pre-tokenizer that ``tokenizer.ggml.pre`` names, a byte-level
     decoder (so ``decode(encode(s)) == s``), and a BOS prepended only where ``tokenizer.ggml.add_bos_token`` says so
     (SmolLM2: no). Encode with ``tok.encode(text).ids``.
+
+    This follows llama.cpp and the model's own tokenizer.json. transformers' GGUF conversion ignores
+    ``tokenizer.ggml.pre`` (plain ByteLevel, no digit split) and so differs where a run of spaces precedes a digit:
+    "a  3" → ours ``a, ĠĠ, 3`` (as llama.cpp), transformers' ``a, Ġ, Ġ3``→``a, Ġ, Ġ, 3``.
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
 
@@ -198,12 +205,20 @@ def gguf_tokenizer(path_or_metadata: str | os.PathLike | Mapping[str, Any]):
     tok.pre_tokenizer = pre_tokenizer
     tok.decoder = decoders.ByteLevel()
     types = meta.get("tokenizer.ggml.token_type", [1] * len(tokens))
-    tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
-                            for t, ty in zip(tokens, types, strict=True) if ty == _CONTROL])
-    tok.add_tokens([AddedToken(t, normalized=False) for t, ty in zip(tokens, types, strict=True) if ty == _USER_DEFINED])
+    typed = list(zip(tokens, types, strict=True))
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in typed if ty == _CONTROL])
+    tok.add_tokens([AddedToken(t, normalized=False) for t, ty in typed if ty == _USER_DEFINED])
     if meta.get("tokenizer.ggml.add_bos_token", False):
-        bos = tokens[int(meta["tokenizer.ggml.bos_token_id"])]
         bos_id = int(meta["tokenizer.ggml.bos_token_id"])
+        bos = tokens[bos_id]
         tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A $B",
                                                            special_tokens=[(bos, bos_id)])
     return tok
+
+
+def load_gguf(path: str | os.PathLike, dtype: str = "float32") -> tuple[LlamaConfig, dict[str, Any], Any]:
+    """``(config, variables, tokenizer)`` of a LLaMA GGUF file: the HF-style config and tensors of :func:`read_gguf`
+    through the HF importer, and :func:`gguf_tokenizer`. Parameters are numpy arrays in ``dtype``."""
+    hf_config, tensors, tokenizer_metadata = read_gguf(path)
+    config = llama_config_from_hf(hf_config, dtype=dtype)
+    return config, convert_state_dict(config, tensors), gguf_tokenizer(tokenizer_metadata)

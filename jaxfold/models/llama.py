@@ -329,14 +329,14 @@ def init_cache(cfg: LlamaConfig, batch: int, length: int) -> Cache:
 
 
 # --- greedy generation ----------------------------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "eos_id"))
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens"))
 def _generate(config: LlamaConfig, variables: Any, prompt: jax.Array, max_new_tokens: int,
-              eos_id: int | None) -> tuple[jax.Array, jax.Array]:
+              eos_id: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Greedy tokens (B, max_new_tokens) and how many steps ran; ``eos_id`` < 0: no end-of-sequence token."""
     module = config.module()
     b, p = prompt.shape
     logits, cache = module.apply(variables, prompt, init_cache(config, b, p + max_new_tokens), 0)
     token = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
-    fill = -1 if eos_id is None else eos_id
 
     def cond(state: tuple) -> jax.Array:
         i, _, _, _, done = state
@@ -344,13 +344,12 @@ def _generate(config: LlamaConfig, variables: Any, prompt: jax.Array, max_new_to
 
     def body(state: tuple) -> tuple:
         i, token, cache, out, done = state
-        out = out.at[:, i].set(jnp.where(done, fill, token))
-        if eos_id is not None:
-            done = done | (token == eos_id)
+        out = out.at[:, i].set(jnp.where(done, eos_id, token))
+        done = done | (token == eos_id)
         logits, cache = module.apply(variables, token[:, None], cache, p + i)
         return i + 1, jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), cache, out, done
 
-    out = jnp.full((b, max_new_tokens), fill, jnp.int32)
+    out = jnp.full((b, max_new_tokens), eos_id, jnp.int32)
     state = (jnp.int32(0), token, cache, out, jnp.zeros((b,), bool))
     n, _, _, out, _ = jax.lax.while_loop(cond, body, state)
     return out, n
@@ -373,8 +372,10 @@ def generate(config: LlamaConfig, variables: Any, prompt_ids: Sequence[int] | np
         raise ValueError(f"max_new_tokens must be ≥ 0, got {max_new_tokens}")
     if max_new_tokens == 0:
         return prompt[0] if single else prompt
+    if eos_id is not None and not 0 <= eos_id < config.vocab_size:
+        raise ValueError(f"eos_id must be a token id in [0, {config.vocab_size}), got {eos_id}")
     out, n = _generate(config, variables, jnp.asarray(prompt), int(max_new_tokens),
-                       None if eos_id is None else int(eos_id))
+                       jnp.int32(-1 if eos_id is None else eos_id))
     result = np.concatenate([prompt, np.asarray(out)[:, : int(n)]], axis=1)
     return result[0] if single else result
 

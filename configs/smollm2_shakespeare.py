@@ -1,0 +1,37 @@
+"""SmolLM2-135M (the real pretrained LLaMA-architecture model reachable here) folded on held-out Shakespeare:
+folding vs magnitude pruning vs Wanda-sp at ≈ 10/20/30 % of parameters removed, with the paper's block recipe
+(as fractions of depth) and a uniform schedule; perplexity on the test plays; greedy generations.
+
+    jaxfold data fetch smollm2 shakespeare
+    jaxfold sweep --config configs/smollm2_shakespeare.py --workdir workdirs/sweep_smollm2
+    jaxfold ppl --model smollm2 --text shakespeare:test --seqlen 1024 --max-windows 8   # dense only
+
+`:quick` evaluates 2 windows and calibrates Wanda-sp on 2 (a smoke run); on a GPU raise lm.max_windows (None = all).
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    # text: the held-out test plays (jaxfold.data.text.SHAKESPEARE_TEST); calibration (Wanda-sp): the train works
+    c.lm = dict(source="smollm2", dtype="float32", text="shakespeare:test", seqlen=1024, max_windows=8,
+                calibration="shakespeare:train", calibration_seqlen=512, calibration_windows=16)
+    c.sweep = dict(variants=("fold:recipe", "fold:uniform", "magnitude:recipe", "magnitude:uniform",
+                             "wanda_sp:recipe", "wanda_sp:uniform"),
+                   ratios=(0.1, 0.2, 0.3), seeds=(0,), imports=(),
+                   # one k-means restart of ≤ 50 Lloyd steps: 10 restarts cost ~40 s per MLP group (1536 neurons) on
+                   # this CPU (docs/benchmarks.md); on a GPU use n_init=10, max_iter=300
+                   clusterer="kmeans", n_init=1, max_iter=50,
+                   generate_prompts=("The capital of France is", "To be, or not to be,"),
+                   generate_at=(0.2,), max_new_tokens=24)
+    if arg == "demo":  # `make demo`: fold vs magnitude with the paper's recipe at 10 and 20 % (~10 min CPU)
+        c.lm.max_windows = 4
+        c.sweep.variants = ("fold:recipe", "magnitude:recipe")
+        c.sweep.ratios = (0.1, 0.2)
+        c.sweep.generate_prompts = ("The capital of France is",)
+    if arg == "quick":
+        c.lm.max_windows = 2
+        c.lm.calibration_windows = 2
+        c.sweep.ratios = (0.2,)
+    return c
