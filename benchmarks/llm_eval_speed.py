@@ -1,0 +1,57 @@
+#!/usr/bin/env python
+"""Perplexity-evaluation throughput on SmolLM2-135M: jaxfold (jitted, fp32) vs transformers (torch eager, fp32,
+loaded from the same GGUF), same process, same windows, alternating runs; prints medians and the ratio.
+
+    .venv/bin/python benchmarks/llm_eval_speed.py [--windows 2] [--seqlen 1024] [--repeats 3]
+"""
+import argparse
+import json
+import math
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from jaxfold.data.text import read_text_source
+from jaxfold.eval.perplexity import perplexity, windows
+from jaxfold.llm import load_language_model, logits_fn, smollm2_path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--windows", type=int, default=2)
+    p.add_argument("--seqlen", type=int, default=1024)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    from transformers import AutoModelForCausalLM
+
+    ours = load_language_model("smollm2")
+    path = smollm2_path()
+    ref = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, torch_dtype=torch.float32).eval()
+    ids = ours.encode(read_text_source("shakespeare:tempest"))
+    w = windows(ids, args.seqlen)[: args.windows]
+    fn = logits_fn(ours.config)
+    perplexity(fn, ours.variables, ids, args.seqlen, 1, args.windows)  # compile once, not timed
+    t_ours, t_ref, ppl = [], [], {}
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        ppl["jaxfold"] = perplexity(fn, ours.variables, ids, args.seqlen, 1, args.windows)["perplexity"]
+        t_ours.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        with torch.inference_mode():
+            nll = [torch.nn.functional.cross_entropy(ref(torch.tensor(row[None])).logits[0, :-1].float(),
+                                                     torch.tensor(row[1:]).long(), reduction="sum").item()
+                   for row in w.astype(np.int64)]
+        ppl["transformers"] = math.exp(sum(nll) / (len(w) * (args.seqlen - 1)))
+        t_ref.append(time.perf_counter() - t)
+    tokens = w.size
+    out = {"tokens": int(tokens), "jaxfold_tok_s": round(tokens / statistics.median(t_ours), 1),
+           "transformers_tok_s": round(tokens / statistics.median(t_ref), 1), "perplexity": ppl,
+           "torch_threads": torch.get_num_threads()}
+    out["ratio"] = round(out["jaxfold_tok_s"] / out["transformers_tok_s"], 2)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
