@@ -160,6 +160,11 @@ def checked_inputs(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan,
     return flat, widths, resolve_plan(plan, widths)
 
 
+def unchanged_group_report(name: str, n: int) -> dict[str, Any]:
+    """The report entry of a group left at its width (k = n: the identity)."""
+    return {"group": name, "n": n, "k": n, "channel_ratio": 0.0, "inertia": 0.0, "seconds": 0.0}
+
+
 def size_report(variables: Mapping[str, Any], new_variables: Mapping[str, Any]) -> dict[str, Any]:
     """Parameter counts before/after (weights, biases, BN scale/bias; no running stats) and the sparsity."""
     before, after = tree_lib.count(variables.get("params", {})), tree_lib.count(new_variables.get("params", {}))
@@ -202,8 +207,7 @@ def fold(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, key: jax.Arra
         t0 = time.perf_counter()
         if k == n:
             labels[group.name] = np.arange(n)
-            groups_report.append({"group": group.name, "n": n, "k": k, "channel_ratio": 0.0, "inertia": 0.0,
-                                  "seconds": 0.0})
+            groups_report.append(unchanged_group_report(group.name, n))
             continue
         x = group_features(feature_flat, feature_spec.group(group.name), n)
         lab = np.asarray(cluster(x, k, jax.random.fold_in(key, index))).astype(np.int64).reshape(-1)

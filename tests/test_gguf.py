@@ -12,7 +12,14 @@ from gguf.quants import dequantize, quantize
 
 from jaxfold.data import fetch
 from jaxfold.io import gguf_import
-from jaxfold.io.gguf_import import gguf_tokenizer, permute_qk, read_gguf, read_gguf_metadata, unpermute_qk
+from jaxfold.io.gguf_import import (
+    expected_shapes,
+    gguf_tokenizer,
+    permute_qk,
+    read_gguf,
+    read_gguf_metadata,
+    unpermute_qk,
+)
 
 TINY = {"hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2, "head_dim": 16}
@@ -39,18 +46,7 @@ TOKENS = SPECIAL + _byte_chars() + ["Ġt", "he", "Ġthe", "12", "Ġc", "at", "Ġ
 
 
 def _hf_tensors(rng, vocab: int, tied: bool) -> dict[str, np.ndarray]:
-    h, f = TINY["hidden_size"], TINY["intermediate_size"]
-    q, kv = TINY["num_attention_heads"] * TINY["head_dim"], TINY["num_key_value_heads"] * TINY["head_dim"]
-    shapes = {"model.embed_tokens.weight": (vocab, h), "model.norm.weight": (h,)}
-    if not tied:
-        shapes["lm_head.weight"] = (vocab, h)
-    for i in range(TINY["num_hidden_layers"]):
-        p = f"model.layers.{i}."
-        shapes |= {p + "self_attn.q_proj.weight": (q, h), p + "self_attn.k_proj.weight": (kv, h),
-                   p + "self_attn.v_proj.weight": (kv, h), p + "self_attn.o_proj.weight": (h, q),
-                   p + "mlp.gate_proj.weight": (f, h), p + "mlp.up_proj.weight": (f, h),
-                   p + "mlp.down_proj.weight": (h, f), p + "input_layernorm.weight": (h,),
-                   p + "post_attention_layernorm.weight": (h,)}
+    shapes = expected_shapes({**TINY, "vocab_size": vocab, "tie_word_embeddings": tied})
     return {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
 
 

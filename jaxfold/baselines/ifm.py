@@ -23,7 +23,16 @@ import numpy as np
 
 from jaxfold import tree as tree_lib
 from jaxfold.compress import CompressedModel, rebuild
-from jaxfold.fold import FoldResult, Plan, _inertia, checked_inputs, group_features, merge_group, size_report
+from jaxfold.fold import (
+    FoldResult,
+    Plan,
+    _inertia,
+    checked_inputs,
+    group_features,
+    merge_group,
+    size_report,
+    unchanged_group_report,
+)
 from jaxfold.models.base import ModelConfig
 from jaxfold.spec import FoldSpec, Group
 
@@ -95,8 +104,7 @@ def ifm(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, *, check: bool
         t0 = time.perf_counter()
         if k == n:
             labels[group.name] = np.arange(n)
-            groups_report.append({"group": group.name, "n": n, "k": k, "channel_ratio": 0.0, "inertia": 0.0,
-                                  "seconds": 0.0})
+            groups_report.append(unchanged_group_report(group.name, n))
             continue
         x = np.asarray(group_features(flat, group, n), np.float64)
         lab = ifm_labels(x, consumer_columns(flat, group, n), k)
