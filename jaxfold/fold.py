@@ -179,16 +179,18 @@ class FoldResult:
     report: dict[str, Any]
 
 
-def fold(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, key: jax.Array, *,
-         clusterer: str | Clusterer = "kmeans", n_init: int = 10, max_iter: int = 300,
-         check: bool = True, cluster_on: tuple[Mapping[str, Any], FoldSpec] | None = None) -> FoldResult:
-    """Fold ``variables`` (``{'params': …, 'batch_stats': …}``) to the widths ``plan`` asks for.
+# (features (n, d), the group, the flat variables the features came from, k, group index) -> labels (n,)
+Partition = Callable[[Any, Group, Mapping[str, Any], int, int], Any]
 
-    ``clusterer`` is 'kmeans' (default), 'ward', or any function (features, k, key) -> labels. Groups whose k
+
+def fold_with_partition(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, partition: Partition, *,
+                        check: bool = True, cluster_on: tuple[Mapping[str, Any], FoldSpec] | None = None
+                        ) -> FoldResult:
+    """The folding pipeline for any way of partitioning a group's channels (k-means, IFM, …): checked inputs, one
+    partition per group from the original weights, labels validated, every merge, the report. Groups whose k
     equals their width are left exactly as they are (the k = n identity). ``cluster_on`` = (variables, spec)
-    whose features are clustered instead of those being merged (groups matched by name; a correction that
-    re-parametrises the weights may still want the clusters of the original ones).
-    """
+    whose features are partitioned instead of those being merged (groups matched by name; a correction that
+    re-parametrises the weights may still want the clusters of the original ones)."""
     t_start = time.perf_counter()
     flat, widths, ks = checked_inputs(variables, spec, plan, check)
     feature_flat, feature_spec = flat, spec
@@ -197,8 +199,6 @@ def fold(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, key: jax.Arra
         feature_spec = cluster_on[1]
         if cluster_on[1].widths(cluster_on[0]) != widths:
             raise ValueError("cluster_on variables have other group widths than the variables being folded")
-    options = {"n_init": n_init, "max_iter": max_iter} if clusterer == "kmeans" else {}
-    cluster = get_clusterer(clusterer, **options)
 
     labels: dict[str, np.ndarray] = {}
     groups_report = []
@@ -209,8 +209,9 @@ def fold(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, key: jax.Arra
             labels[group.name] = np.arange(n)
             groups_report.append(unchanged_group_report(group.name, n))
             continue
-        x = group_features(feature_flat, feature_spec.group(group.name), n)
-        lab = np.asarray(cluster(x, k, jax.random.fold_in(key, index))).astype(np.int64).reshape(-1)
+        feature_group = feature_spec.group(group.name)
+        x = group_features(feature_flat, feature_group, n)
+        lab = np.asarray(partition(x, feature_group, feature_flat, k, index)).astype(np.int64).reshape(-1)
         if lab.shape != (n,) or lab.min() < 0 or lab.max() >= k:
             raise ValueError(f"clusterer returned labels of shape {lab.shape} in [{lab.min()}, {lab.max()}] for group "
                              f"{group.name!r}; need shape ({n},) with values in [0, {k})")
@@ -230,6 +231,23 @@ def fold(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, key: jax.Arra
     report = {"groups": groups_report, **size_report(variables, new_variables),
               "seconds": round(time.perf_counter() - t_start, 4)}
     return FoldResult(new_variables, ks, labels, report)
+
+
+def fold(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, key: jax.Array, *,
+         clusterer: str | Clusterer = "kmeans", n_init: int = 10, max_iter: int = 300,
+         check: bool = True, cluster_on: tuple[Mapping[str, Any], FoldSpec] | None = None) -> FoldResult:
+    """Fold ``variables`` (``{'params': …, 'batch_stats': …}``) to the widths ``plan`` asks for.
+
+    ``clusterer`` is 'kmeans' (default), 'ward', or any function (features, k, key) -> labels; group i clusters
+    with ``fold_in(key, i)``. See :func:`fold_with_partition` for ``cluster_on`` and the k = n identity.
+    """
+    options = {"n_init": n_init, "max_iter": max_iter} if clusterer == "kmeans" else {}
+    cluster = get_clusterer(clusterer, **options)
+
+    def partition(x: Any, group: Group, flat: Mapping[str, Any], k: int, index: int) -> Any:
+        return cluster(x, k, jax.random.fold_in(key, index))
+
+    return fold_with_partition(variables, spec, plan, partition, check=check, cluster_on=cluster_on)
 
 
 def _inertia(x: np.ndarray, labels: np.ndarray, k: int) -> float:

@@ -15,24 +15,14 @@ merged unit is recomputed from them; one merge costs O(n²) for the argmin, n = 
 
 from __future__ import annotations
 
-import time
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from jaxfold import tree as tree_lib
 from jaxfold.compress import CompressedModel, rebuild
-from jaxfold.fold import (
-    FoldResult,
-    Plan,
-    _inertia,
-    checked_inputs,
-    group_features,
-    merge_group,
-    size_report,
-    unchanged_group_report,
-)
+from jaxfold.fold import FoldResult, Plan, fold_with_partition
 from jaxfold.models.base import ModelConfig
 from jaxfold.spec import FoldSpec, Group
 
@@ -94,33 +84,12 @@ def ifm(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, *, check: bool
 
     Pure and deterministic (no PRNG key). Groups whose k equals their width are left exactly as they are.
     """
-    t_start = time.perf_counter()
-    flat, widths, ks = checked_inputs(variables, spec, plan, check)
+    def partition(x: Any, group: Group, flat: Mapping[str, Any], k: int, index: int) -> np.ndarray:
+        n = x.shape[0]
+        return ifm_labels(np.asarray(x, np.float64), consumer_columns(flat, group, n), k)
 
-    labels: dict[str, np.ndarray] = {}
-    groups_report = []
-    for group in spec.groups:  # all clusterings from the original weights, then all merges (single pass)
-        n, k = widths[group.name], ks[group.name]
-        t0 = time.perf_counter()
-        if k == n:
-            labels[group.name] = np.arange(n)
-            groups_report.append(unchanged_group_report(group.name, n))
-            continue
-        x = np.asarray(group_features(flat, group, n), np.float64)
-        lab = ifm_labels(x, consumer_columns(flat, group, n), k)
-        labels[group.name] = lab
-        groups_report.append({"group": group.name, "n": n, "k": k, "channel_ratio": 1.0 - k / n,
-                              "inertia": _inertia(x, lab, k), "seconds": round(time.perf_counter() - t0, 4)})
-
-    new_flat = dict(flat)
-    for group in spec.groups:
-        n, k = widths[group.name], ks[group.name]
-        if k != n:
-            new_flat = merge_group(new_flat, group, labels[group.name], n, k)
-    new_variables = tree_lib.unflatten(new_flat)
-    report = {"method": "ifm", "groups": groups_report, **size_report(variables, new_variables),
-              "seconds": round(time.perf_counter() - t_start, 4)}
-    return FoldResult(new_variables, ks, labels, report)
+    result = fold_with_partition(variables, spec, plan, partition, check=check)
+    return dataclasses.replace(result, report={"method": "ifm", **result.report})
 
 
 def ifm_model(model_config: ModelConfig, variables: dict[str, Any], plan: Plan) -> CompressedModel:
