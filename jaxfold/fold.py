@@ -215,7 +215,7 @@ def fold_with_partition(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan
         if lab.shape != (n,) or lab.min() < 0 or lab.max() >= k:
             raise ValueError(f"clusterer returned labels of shape {lab.shape} in [{lab.min()}, {lab.max()}] for group "
                              f"{group.name!r}; need shape ({n},) with values in [0, {k})")
-        x_np = np.asarray(x, np.float64)
+        x_np = np.asarray(x, np.float32)
         lab = _fill_empty_clusters(lab, k, x_np)
         labels[group.name] = lab
         groups_report.append({"group": group.name, "n": n, "k": k, "channel_ratio": 1.0 - k / n,
@@ -251,13 +251,16 @@ def fold(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, key: jax.Arra
 
 
 def _inertia(x: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Σ_i ||x_i − mean of its cluster||² in float64 on the host (the report's number, clusterer-independent):
-    Σ||x||² − Σ_c ||Σ_{i∈c} x_i||² / N_c, with cluster sums by one sorted pass (O(n·d), no n×k×d product)."""
-    order = np.argsort(labels, kind="stable")
+    """Σ_i ||x_i − mean of its cluster||² on the host (the report's number, clusterer-independent): cluster means by
+    one sorted pass (O(n·d), no n×k×d product), residuals taken before squaring (no cancellation), summed in
+    float64."""
     sizes = np.bincount(labels, minlength=k)
+    order = np.argsort(labels, kind="stable")
     starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])[sizes > 0]
-    sums = np.add.reduceat(x[order], starts, axis=0)
-    return float(max(0.0, (x * x).sum() - ((sums * sums).sum(1) / sizes[sizes > 0]).sum()))
+    sums = np.zeros((k, x.shape[1]), x.dtype)
+    sums[sizes > 0] = np.add.reduceat(x[order], starts, axis=0)
+    residual = x - (sums / np.maximum(sizes, 1)[:, None].astype(x.dtype))[labels]
+    return float(np.einsum("ij,ij->", residual, residual, dtype=np.float64))
 
 
 # --- the inverse direction: used to test folding and to build wide models with known redundancy ---------------------

@@ -5,8 +5,12 @@ a jitted Lloyd loop with the ``n_init`` restarts batched by ``vmap`` is much fas
 
 Conventions follow sklearn's ``KMeans`` so results are comparable: greedy k-means++ seeding, Lloyd iterations until
 the centroid shift (sum of squared moves) is ≤ ``tol`` × the mean per-feature variance of ``x``, best of ``n_init``.
-Each restart's Lloyd fixed point is then refined by Hartigan's single-row moves (the official code's solver is
-Hartigan's): with k close to n, as at typical folding ratios, Lloyd alone stalls in poorer optima.
+Each restart's Lloyd fixed point is then refined by Hartigan's moves (the official code's solver is Hartigan's):
+with k close to n, as at typical folding ratios, Lloyd alone stalls in poorer optima.
+
+Cost: clusters are held as labels plus the statistics c_j·x_i and ||c_j||², never as centroid matrices. In Gram
+mode a Lloyd step is then O(n²) (cluster sums of G's rows, not an n³ matmul), and Hartigan moves go in batches of
+many rows per O(n²) round with their exact joint cost change (:func:`_batch_moves`) instead of one row per step.
 Additions: empty clusters are re-seeded inside the loop (never NaN, every one of the k labels is used), labels are
 canonical (numbered by first appearance), and a Gram mode runs everything on G = X Xᵀ for d ≫ n (attention heads).
 
@@ -27,9 +31,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# With n cluster slots a Lloyd step costs ~2·n²·d flops directly and ~2·n³ on the Gram matrix (plus 2·n²·d once to
-# form it), so the Gram mode wins as soon as d > n; its memory is n² instead of n·d per restart as well.
-GRAM_RATIO = 1
+# Both modes hold (n, n) statistics per restart. On G = X Xᵀ (2·n²·d flops once) a Lloyd step is O(n²) and a
+# Hartigan round reads rows of G; directly each step costs a (n, d) @ (d, n) product and each round computes its
+# moved rows' rows of G. So Gram is the default for every shape (the direct mode stays for checking, gram=False).
 
 
 class KMeansResult(NamedTuple):
@@ -43,8 +47,8 @@ def _dot(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.dot(a, b, precision=jax.lax.Precision.HIGHEST)  # no TF32/bf16 passes on GPU/TPU
 
 
-def _use_gram(n: int, d: int, gram: bool | None) -> bool:
-    return d > GRAM_RATIO * n if gram is None else bool(gram)
+def _use_gram(gram: bool | None) -> bool:
+    return True if gram is None else bool(gram)
 
 
 def _trials(k: int) -> int:
@@ -87,6 +91,51 @@ def _kmeanspp(u: jax.Array, data: jax.Array, sq: jax.Array, k: jax.Array, trials
     return centers
 
 
+def _cluster_sums(labels: jax.Array, m: jax.Array) -> jax.Array:
+    """(n slots, …) sums of the rows of ``m`` per cluster. A scatter-add on CPU (O(n·width), sequential, so
+    deterministic) and a one-hot matmul elsewhere (GPU scatter-adds are atomic, so their float sums vary by run;
+    a matmul is fast there and bit-reproducible)."""
+    n = labels.shape[0]
+
+    def scatter(labels, m):
+        return jax.ops.segment_sum(m, labels, num_segments=n)
+
+    def matmul(labels, m):
+        onehot = (labels[None, :] == jnp.arange(n)[:, None]).astype(m.dtype)
+        return _dot(onehot, m) if m.ndim == 2 else _dot(onehot, m[:, None])[:, 0]
+
+    return jax.lax.platform_dependent(labels, m, cpu=scatter, default=matmul)
+
+
+def _stats(labels: jax.Array, data: jax.Array, gram: bool):
+    """Cluster sizes, c_j·x_i (slots, n) and ||c_j||² (slots,) of the labelling's centroids.
+
+    Gram mode needs no centroid matrix: c_j·x_i is the mean of G[l, i] over the members l of j, one O(n²) pass of
+    cluster sums (not an n³ matmul), and ||c_j||² the mean of c_j·x_l over those members."""
+    counts = _cluster_sums(labels, jnp.ones(labels.shape, jnp.float32))
+    inv = 1.0 / jnp.maximum(counts, 1.0)  # dead or empty slots: zero centroid
+    if gram:
+        cx = _cluster_sums(labels, data) * inv[:, None]
+        return counts, cx, _cluster_sums(labels, _own(cx, labels)) * inv
+    c = _cluster_sums(labels, data) * inv[:, None]
+    return counts, _dot(c, data.T), jnp.sum(c * c, axis=1)
+
+
+def _own(cx: jax.Array, labels: jax.Array) -> jax.Array:
+    """(n,) entry of every row in its own cluster's row of a (slots, n) matrix."""
+    return jnp.take_along_axis(cx, labels[None, :], axis=0)[0]
+
+
+def _distances(sq, cx, cc, alive):
+    """(slots, n) squared distances; dead slots at +inf."""
+    return jnp.where(alive[:, None], jnp.maximum(sq[None, :] - 2 * cx + cc[:, None], 0.0), jnp.inf)
+
+
+def _pair_dist(sq, cx, cc, clusters, rows):
+    """Squared distances of the given rows to the given clusters' centroids (elementwise pairs)."""
+    return jnp.maximum(sq[rows] - 2 * cx[clusters, rows] + cc[clusters], 0.0)
+
+
 def _reseed_empty(labels: jax.Array, dmin: jax.Array, k) -> jax.Array:
     """Move one distinct row into each empty cluster: the rows farthest from their centroid, as sklearn does, but
     never the closest row of its cluster (so no donor empties; k ≤ n guarantees enough movable rows).
@@ -94,102 +143,151 @@ def _reseed_empty(labels: jax.Array, dmin: jax.Array, k) -> jax.Array:
     Cluster slots run to capacity n (labels.shape[0]) so that k can be traced; only the k live slots are re-seeded."""
     n = labels.shape[0]
     slots = jnp.arange(n)
-    member = labels[:, None] == slots[None, :]
-    used = jnp.any(member, axis=0)
-    empty = ~used & (slots < k)
-    anchor = jnp.argmin(jnp.where(member, dmin[:, None], jnp.inf), axis=0)  # closest row of each cluster stays
-    is_anchor = jnp.zeros(n, bool).at[jnp.where(used, anchor, n)].set(True, mode="drop")
+    counts = _cluster_sums(labels, jnp.ones(n, jnp.float32))
+    empty = (counts == 0) & (slots < k)
+    # the closest row of each cluster stays: the lowest (distance, index) per cluster, found by one stable sort
+    order = jnp.lexsort((dmin, labels))  # by label, then distance (lexsort: last key is primary)
+    first_of_cluster = jnp.concatenate([jnp.ones(1, bool), labels[order][1:] != labels[order][:-1]])
+    is_anchor = jnp.zeros(n, bool).at[order].set(first_of_cluster)
     far = jnp.argsort(jnp.where(is_anchor, -1.0, dmin), descending=True, stable=True)  # ties by index: deterministic
     src = far[jnp.maximum(jnp.cumsum(empty) - 1, 0)]  # r-th empty cluster takes the r-th farthest movable row
     return labels.at[jnp.where(empty, src, n)].set(slots.astype(labels.dtype), mode="drop")
 
 
 def _restart(u, data, sq, tol_abs, k, trials, *, max_iter: int, gram: bool):
-    """One k-means++ seeding + Lloyd run. Centroids are (n, d) points (direct) or (n, n) row weights W with
-    c = W X (Gram), so the inner product x_i·c_j is ``data @ c.T`` in both modes. Slots j ≥ k are dead: zero
-    centroids that never move, at distance +inf so no row joins them."""
+    """One k-means++ seeding, Lloyd iterations, then Hartigan refinement; returns labels, cost, Lloyd iterations.
+
+    Clusters live in n slots (j ≥ k dead: at distance +inf, so no row joins them) and are represented by their
+    labels alone: every Lloyd step recomputes the centroid statistics from the labels (:func:`_stats`)."""
     n = sq.shape[0]
-    alive = jnp.arange(n) < k
+    rows = jnp.arange(n)
+    alive = rows < k
     seeds = _kmeanspp(u, data, sq, k, trials, gram)
-    c0 = jnp.where(alive[:, None], jax.nn.one_hot(seeds, n, dtype=jnp.float32) if gram else data[seeds], 0.0)
-
-    def cross(c):  # (n, n) x_i·c_j and (n,) ||c_j||²
-        gc = _dot(data, c.T)
-        return gc, (jnp.sum(c * gc.T, axis=1) if gram else jnp.sum(c * c, axis=1))
-
-    if gram:  # c0 is one-hot: G c0ᵀ is a column gather, bit for bit what the matmul gives
-        gc0, cc0 = jnp.where(alive[None, :], data[:, seeds], 0.0), jnp.where(alive, sq[seeds], 0.0)
-    else:
-        gc0, cc0 = cross(c0)
+    rows0 = data[seeds] if gram else _dot(data[seeds], data.T)  # seed_j·x_i: a row of G
+    cx0, cc0 = jnp.where(alive[:, None], rows0, 0.0), jnp.where(alive, sq[seeds], 0.0)
 
     def step(state):
-        it, c, gc, cc, prev, _ = state
-        dist = jnp.where(alive[None, :], jnp.maximum(sq[:, None] - 2 * gc + cc[None, :], 0.0), jnp.inf)
-        dmin = jnp.min(dist, axis=1)
-        labels = jnp.argmin(dist, axis=1).astype(jnp.int32)
+        it, cx, cc, prev, _ = state
+        labels = jnp.argmin(_distances(sq, cx, cc, alive), axis=0).astype(jnp.int32)  # one fused pass, not stored
+        dmin = _pair_dist(sq, cx, cc, labels, rows)
         # ties keep the previous label: coincident centroids (k > distinct rows) then settle instead of swapping
-        own = jnp.take_along_axis(dist, jnp.maximum(prev, 0)[:, None], axis=1)[:, 0]
+        own = _pair_dist(sq, cx, cc, jnp.maximum(prev, 0), rows)
         labels = jnp.where((prev >= 0) & (own <= dmin), prev, labels)
         labels = _reseed_empty(labels, dmin, k)
-        onehot = (labels[:, None] == jnp.arange(n)[None, :]).astype(jnp.float32)
-        w = onehot.T / jnp.maximum(jnp.sum(onehot, axis=0), 1.0)[:, None]  # live counts ≥ 1; dead rows stay 0
-        new = w if gram else _dot(w, data)  # one-hot matmul rather than a scatter-add: deterministic on GPU
-        gc_new, cc_new = cross(new)
-        delta = new - c
-        # Σ_j ||c_j' − c_j||², exactly 0 if unchanged. Gram: δ·(G δᵀ) with G δᵀ = gc' − gc, which saves a second n³
-        # matmul per step (checked against float64: as accurate as the matmul form, ~1e-6 relative)
-        shift = jnp.sum(delta * (gc_new - gc).T) if gram else jnp.sum(delta * delta)
-        return it + 1, new, gc_new, cc_new, labels, shift
+        counts, cx_new, cc_new = _stats(labels, data, gram)
+        # sklearn's stopping rule, Σ_j ||c_j' − c_j||², from the statistics alone: c_j'·c_j is the mean of c_j·x_l
+        # over the new members l of j
+        cross = _cluster_sums(labels, _own(cx, labels)) / jnp.maximum(counts, 1)
+        shift = jnp.sum(jnp.where(alive, jnp.maximum(cc_new - 2 * cross + cc, 0.0), 0.0))
+        return it + 1, cx_new, cc_new, labels, jnp.where(jnp.all(labels == prev), 0.0, shift)
 
-    init = (jnp.int32(0), c0, gc0, cc0, jnp.full(n, -1, jnp.int32), jnp.float32(jnp.inf))
-    it, c, gc, cc, labels, _ = jax.lax.while_loop(lambda s: (s[0] < max_iter) & (s[5] > tol_abs), step, init)
-    labels, gc, cc = _hartigan(labels, c, gc, cc, data, sq, alive, gram)
-    # cost to pick the best restart; the reported inertia is recomputed exactly from x for the kept one
-    dist = sq - 2 * jnp.take_along_axis(gc, labels[:, None], axis=1)[:, 0] + cc[labels]
-    return labels, jnp.sum(jnp.maximum(dist, 0.0)), it
+    init = (jnp.int32(0), cx0, cc0, jnp.full(n, -1, jnp.int32), jnp.float32(jnp.inf))
+    it, _, _, labels, _ = jax.lax.while_loop(lambda s: (s[0] < max_iter) & (s[4] > tol_abs), step, init)
+    labels = _hartigan(labels, data, sq, alive, gram)
+    # cost to pick the best restart (exact statistics: the refinement updates them incrementally); the reported
+    # inertia is recomputed from x for the kept one
+    _, cx, cc = _stats(labels, data, gram)
+    return labels, jnp.sum(jnp.maximum(sq - 2 * _own(cx, labels) + cc[labels], 0.0)), it
 
 
-def _hartigan(labels, c, gc, cc, data, sq, alive, gram: bool):
-    """Refine a Lloyd fixed point with Hartigan's single-row moves: move row i from cluster a to b when
+def _moves_per_round(n: int) -> int:
+    """Most Hartigan moves one round applies: a round costs one O(n²) distance pass plus O(moves·n) updates."""
+    return min(n, max(32, n // 16))
+
+
+def _hartigan(labels, data, sq, alive, gram: bool):
+    """Refine a Lloyd fixed point with Hartigan's moves: row i goes from cluster a to b when
     N_a/(N_a−1)·d(i,a) > N_b/(N_b+1)·d(i,b), i.e. when the move lowers the total cost counting that both centroids
     shift. Lloyd's fixed points include many of Hartigan's non-optima; with k close to n (typical folding ratios)
-    they are common, and the official code's solver is Hartigan's. One best move per step; each move recomputes
-    two centroid columns (O(n²) in Gram mode), at most n moves. Singletons never move, so no cluster empties."""
+    they are common, and the official code's solver is Hartigan's. Rounds of moves (:func:`_hartigan_round`) until
+    none improves, at most n rounds; each round lowers the cost. Singletons never move, so no cluster empties."""
+    init = (jnp.int32(0), jnp.bool_(True), labels, *_stats(labels, data, gram))
+    body = partial(_hartigan_round, data=data, sq=sq, alive=alive, gram=gram)
+    return jax.lax.while_loop(lambda s: (s[0] < sq.shape[0]) & s[1], body, init)[2]
+
+
+def _pick(take: jax.Array, order: jax.Array, moves: int) -> jax.Array:
+    """The first ``moves`` rows with ``take`` in ``order``, padded with n (dropped by every update)."""
+    picked = order[jnp.argsort(~take[order], stable=True)[:moves]]
+    return jnp.where(take[picked], picked, take.shape[0])
+
+
+def _batch_moves(picked, labels, target, counts, sq, cx, cc, data, gram: bool):
+    """Exact effect of moving every picked row i from its cluster a to its proposed cluster b at once.
+
+    For a cluster j that loses the rows R and gains the rows S (y = x − c_j, d = ||y||²), the cost changes by
+    Σ_S d − Σ_R d − ||Σ_S y − Σ_R y||² / N_j', and its centroid moves by (Σ_S y − Σ_R y) / N_j'. Every picked move
+    plays two parts (leaving a, entering b); the sums run over the pairs of parts that touch the same cluster, all
+    from rows of G and the current c·x, in O(moves² + moves·n).
+
+    Returns (cost change, no cluster empties, new labels, counts, c·x, ||c||²)."""
+    n = labels.shape[0]
+    m = picked.shape[0]
+    live = picked < n
+    i = jnp.minimum(picked, n - 1)
+    part = jnp.concatenate([labels[i], target[i]])  # (2m,) cluster of each part: m leavings, then m entries
+    sign = jnp.concatenate([-jnp.ones(m), jnp.ones(m)])
+    on = jnp.concatenate([live, live])
+    rows = jnp.concatenate([i, i])
+    gi = data[i] if gram else _dot(data[i], data.T)  # (m, n): x_i·x_l
+    same = (part[:, None] == part[None, :]) & on[:, None] & on[None, :]  # parts touching the same cluster
+    cxp = cx[part[:, None], rows[None, :]]  # c_{cluster of p}·x_{row of q}
+    # y_p·y_q relative to part p's cluster (for pairs in the same cluster): G_pq − c·x_p − c·x_q + ||c||²
+    yy = jnp.tile(gi[:, i], (2, 2)) - jnp.diagonal(cxp)[:, None] - cxp + cc[part][:, None]
+    signed = jnp.where(same, sign[:, None] * sign[None, :] * yy, 0.0)
+    pair = jnp.sum(signed, axis=1)  # summed over a cluster's parts: ||Σ_S y − Σ_R y||²
+    new_counts = counts.at[jnp.where(on, part, n)].add(sign, mode="drop")
+    left = jnp.maximum(new_counts[part], 1.0)
+    delta = jnp.sum(jnp.where(on, sign * _pair_dist(sq, cx, cc, part, rows), 0.0)) - jnp.sum(pair / left)
+    fits = jnp.all(~on | (new_counts[part] >= 1))
+    # the touched clusters' new statistics, written by the first part of each (the others would write the same)
+    earlier = jnp.arange(2 * m)[None, :] < jnp.arange(2 * m)[:, None]
+    writer = on & ~jnp.any(same & earlier, axis=1)
+    shift = _dot(jnp.where(same, sign[None, :], 0.0), jnp.concatenate([gi, gi]))  # Σ_S x·x_l − Σ_R x·x_l
+    new_cx = (counts[part][:, None] * cx[part] + shift) / left[:, None]
+    cy = jnp.sum(jnp.where(same, sign[None, :] * (cxp - cc[part][:, None]), 0.0), axis=1)  # c·(Σ_S y − Σ_R y)
+    norm = jnp.sum(jnp.where(same, pair[None, :], 0.0), axis=1)
+    new_cc = cc[part] + 2 * cy / left + norm / jnp.square(left)
+    dst = jnp.where(writer, part, n)
+    cx = cx.at[dst].set(new_cx, mode="drop")
+    cc = cc.at[dst].set(new_cc, mode="drop")
+    labels = labels.at[picked].set(target[i], mode="drop")
+    return delta, fits, labels, new_counts, cx, cc
+
+
+def _hartigan_round(state, data, sq, alive, gram: bool):
+    """One round of Hartigan moves; state = (rounds, any moved, labels, counts, c·x (slots, n), ||c||² (slots,)).
+
+    Every row proposes its best move, and the best-gain proposals (up to :func:`_moves_per_round`) are tried
+    together, with their exact joint cost change (:func:`_batch_moves`): proposals crowd into a few large clusters
+    that trade rows, so moves sharing no cluster are few per round. If the joint change is not a decrease (or a
+    cluster would empty), the round takes only proposals that share no cluster, whose gains are exact and add up.
+    Statistics are updated in place, O(moves·n); the caller recomputes the final cost exactly."""
     n = sq.shape[0]
     slots = jnp.arange(n)
-    counts = jnp.sum(labels[:, None] == slots[None, :], axis=0).astype(jnp.float32)
-
-    def refresh(j, labels, counts, c, gc, cc):
-        member = (labels == j).astype(jnp.float32)
-        w = member / jnp.maximum(counts[j], 1.0)
-        row = w if gram else _dot(w, data)
-        col = _dot(data, row)
-        return c.at[j].set(row), gc.at[:, j].set(col), cc.at[j].set(jnp.dot(row, col) if gram else jnp.dot(row, row))
-
-    def body(state):
-        moves, _, labels, counts, c, gc, cc = state
-        dist = jnp.where(alive[None, :], jnp.maximum(sq[:, None] - 2 * gc + cc[None, :], 0.0), jnp.inf)
-        own = jnp.take_along_axis(dist, labels[:, None], axis=1)[:, 0]
-        n_own = counts[labels]
-        remove = jnp.where(n_own > 1, n_own / jnp.maximum(n_own - 1, 1.0) * own, -jnp.inf)
-        blocked = (slots[None, :] == labels[:, None]) | ~alive[None, :]  # dead slots: 0·inf would be NaN
-        add = jnp.where(blocked, jnp.inf, counts[None, :] / (counts[None, :] + 1) * dist)
-        gain = remove[:, None] - add
-        best = jnp.argmax(gain)
-        i, b = best // n, best % n
-        # ignore gains at float32 noise level (they could cycle)
-        improve = gain[i, b] > 1e-6 * (jnp.sum(own) / n + jnp.finfo(jnp.float32).tiny)
-        a = labels[i]
-        new_labels = labels.at[i].set(jnp.where(improve, b, a).astype(labels.dtype))
-        new_counts = counts.at[a].add(jnp.where(improve, -1.0, 0.0)).at[b].add(jnp.where(improve, 1.0, 0.0))
-        c2, gc2, cc2 = refresh(a, new_labels, new_counts, c, gc, cc)
-        c2, gc2, cc2 = refresh(b, new_labels, new_counts, c2, gc2, cc2)
-        keep = lambda old, new: jnp.where(improve, new, old)
-        return moves + 1, improve, new_labels, new_counts, keep(c, c2), keep(gc, gc2), keep(cc, cc2)
-
-    init = (jnp.int32(0), jnp.bool_(True), labels, counts, c, gc, cc)
-    _, _, labels, _, _, gc, cc = jax.lax.while_loop(lambda s: (s[0] < n) & s[1], body, init)
-    return labels, gc, cc
+    rounds, _, labels, counts, cx, cc = state
+    own = _pair_dist(sq, cx, cc, labels, slots)
+    n_own = counts[labels]
+    remove = jnp.where(n_own > 1, n_own / jnp.maximum(n_own - 1, 1.0) * own, -jnp.inf)
+    # cost of adding each row to each other live cluster; one fused pass over (slots, n), never stored
+    blocked = (slots[:, None] == labels[None, :]) | ~alive[:, None]  # dead slots: 0·inf would be NaN
+    add = jnp.where(blocked, jnp.inf, counts[:, None] / (counts[:, None] + 1) * _distances(sq, cx, cc, alive))
+    target = jnp.argmin(add, axis=0).astype(labels.dtype)
+    add_best = counts[target] / (counts[target] + 1) * _pair_dist(sq, cx, cc, target, slots)
+    gain = remove - add_best
+    scale = jnp.sum(own) / n + jnp.finfo(jnp.float32).tiny
+    ok = gain > 1e-6 * scale  # ignore gains at float32 noise level (they could cycle)
+    order = jnp.argsort(jnp.where(ok, -gain, jnp.inf), stable=True)
+    rank = jnp.where(ok, jnp.zeros(n, jnp.int32).at[order].set(slots), n)
+    best = jnp.full(n, n, jnp.int32).at[labels].min(rank).at[target].min(rank)
+    disjoint = ok & (best[labels] == rank) & (best[target] == rank)  # non-empty whenever ok is
+    moves = partial(_batch_moves, labels=labels, target=target, counts=counts, sq=sq, cx=cx, cc=cc, data=data,
+                    gram=gram)
+    greedy = _pick(ok, order, _moves_per_round(n))
+    delta, fits = moves(greedy)[:2]  # the rest of this call is dead code to XLA
+    use_greedy = fits & (delta < -1e-6 * scale)
+    picked = jnp.where(use_greedy, greedy, _pick(disjoint, order, _moves_per_round(n)))
+    return rounds + 1, jnp.any(ok), *moves(picked)[2:]
 
 
 @partial(jax.jit, static_argnames=("gram",))
@@ -263,8 +361,8 @@ def _check_finite(finite: np.ndarray) -> None:
 def _cluster(x, k: int, key: jax.Array, n_init: int, max_iter: int, tol: float, gram: bool | None):
     """Validate, then run the restarts; returns (x as float32, canonical labels, n_iter)."""
     x = _as_matrix(x)
-    n, d = x.shape
-    use_gram = _use_gram(n, d, gram)
+    n = x.shape[0]
+    use_gram = _use_gram(gram)
     data, sq, var, finite = _prepare(x, gram=use_gram)
     _check_finite(np.asarray(finite))
     k, n_init, max_iter = operator.index(k), operator.index(n_init), operator.index(max_iter)
@@ -286,7 +384,7 @@ def kmeans(x, k: int, *, key: jax.Array, n_init: int = 10, max_iter: int = 300, 
            gram: bool | None = None) -> KMeansResult:
     """Cluster the rows of ``x`` (n, d) into k clusters; best of ``n_init`` greedy-k-means++/Lloyd restarts.
 
-    ``gram``: True runs on G = X Xᵀ (memory n², for d ≫ n), False on x directly, None picks by shape (d > n).
+    ``gram``: True or None runs on G = X Xᵀ (the fast path), False on x directly (same results; kept for checking).
     Same key → identical labels. Call outside ``jit``: the inputs are validated on the host.
     """
     x, labels, n_iter = _cluster(x, k, key, n_init, max_iter, tol, gram)
