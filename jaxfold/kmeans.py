@@ -61,7 +61,7 @@ def _kmeanspp(u: jax.Array, data: jax.Array, sq: jax.Array, k: jax.Array, trials
     matvec (direct). k and the trial count are traced, so the loop runs over a dynamic number of centres.
 
     ``u`` (n, _trials(n)) holds the uniform draws: u[0, 0] picks the first centre, u[j] the candidates of centre j.
-    Drawing them all at once outside the loop keeps a single threefry in the program (each one is slow to compile)."""
+    The draws come from the host (:func:`_uniforms`), so the compiled program holds no random-number generator."""
     n = sq.shape[0]
     rows = jnp.arange(n)
     # greedy k-means++: better seeds than plain k-means++ at a cost that stays small next to the Lloyd iterations,
@@ -317,18 +317,25 @@ def _canonical(labels: jax.Array) -> jax.Array:
     return rank[labels]
 
 
-@partial(jax.jit, static_argnames=("n_init", "max_iter", "gram"))
-def _core(data, sq, var, tol, key, k, trials, *, n_init: int, max_iter: int, gram: bool):
-    """Canonical labels and Lloyd iterations of the best of n_init restarts.
+@partial(jax.jit, static_argnames=("max_iter", "gram"))
+def _core(data, sq, var, tol, u, k, trials, *, max_iter: int, gram: bool):
+    """Canonical labels and Lloyd iterations of the best of n_init restarts; ``u`` holds each restart's k-means++
+    draws, (n_init, n, _trials(n)).
 
     k (and its trial count) are traced: one executable serves every k ≤ n, and in Gram mode every d as well."""
-    n = sq.shape[0]
     run = partial(_restart, data=data, sq=sq, tol_abs=tol * var, k=k, trials=trials, max_iter=max_iter, gram=gram)
-    shape = (n_init, n, _trials(n))  # n: the most trials any k ≤ n needs
-    u = jax.random.uniform(key, (math.prod(shape),)).reshape(shape)  # flat: a 1-D threefry compiles ~3× faster
-    labels, cost, n_iter = jax.vmap(run)(u)
+    # restarts one after another (lax.map), not vmapped: batched gathers/scatters compile slower, and a vmapped
+    # while loop runs every restart for as many rounds as the slowest one needs
+    labels, cost, n_iter = jax.lax.map(run, u)
     best = jnp.argmin(cost)
     return _canonical(labels[best]), n_iter[best]
+
+
+def _uniforms(key: jax.Array, n_init: int, n: int) -> np.ndarray:
+    """The k-means++ draws of every restart, (n_init, n, _trials(n)) in [0, 1), from the key on the host: a JAX
+    generator inside the core would add ~0.8 s of compilation for every group width, for ~10⁴ numbers."""
+    seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
+    return np.random.default_rng(seed).random((n_init, n, _trials(n)), dtype=np.float32)
 
 
 @jax.jit
@@ -375,8 +382,8 @@ def _cluster(x, k: int, key: jax.Array, n_init: int, max_iter: int, tol: float, 
     if not tol >= 0:
         raise ValueError(f"tol must be >= 0, got {tol}")
     # k and its trial count go in as traced values: a new k (another folding ratio) compiles nothing
-    labels, n_iter = _core(data, sq, var, np.float32(tol), key, np.int32(k), np.int32(_trials(k)),
-                           n_init=n_init, max_iter=max_iter, gram=use_gram)
+    labels, n_iter = _core(data, sq, var, np.float32(tol), _uniforms(key, n_init, n), np.int32(k),
+                           np.int32(_trials(k)), max_iter=max_iter, gram=use_gram)
     return x, labels, n_iter
 
 
