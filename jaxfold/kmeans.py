@@ -16,8 +16,9 @@ canonical (numbered by first appearance), and a Gram mode runs everything on G =
 
 Compilation is shared, since folding calls this once per layer group and again at every new ratio: k is a traced
 value and the jitted core works on n cluster slots (those ≥ k masked out), so one executable serves every k ≤ n;
-in Gram mode (the usual case for folding features, d > n) the core sees only G, so it depends on n alone. Only
-``_prepare`` (one matmul) and ``_finish`` (cluster means), both quick to compile, are specialised to (n, d).
+in Gram mode (the default) the core sees only G, so it depends on n alone. Host-resident data gets G from numpy
+(BLAS syrk, no compilation); only the device path's ``_prepare`` (one matmul) and ``kmeans``'s ``_finish``
+(cluster means), both quick to compile, are specialised to (n, d).
 """
 
 from __future__ import annotations
@@ -295,8 +296,8 @@ def _prepare(x, *, gram: bool):
     """Centred data for the core (G = Xc Xcᵀ in Gram mode, else Xc), squared row norms, the mean per-feature variance
     (sklearn's tolerance unit) and which rows are finite (checked on the host before the core runs).
 
-    Kept out of ``_core`` so that in Gram mode the core's signature holds only n: this one matmul is all that
-    compiles per (n, d)."""
+    Kept out of ``_core`` so that in Gram mode the core's signature holds only n: for device-resident data this one
+    matmul is all that compiles per (n, d); host-resident data takes :func:`_prepare_host` (nothing compiles)."""
     n, d = x.shape
     xc = x - jnp.mean(x, axis=0, keepdims=True)  # centring keeps the optimum and avoids cancellation in ||x||² − 2x·c
     sq = jnp.sum(xc * xc, axis=1)
@@ -306,6 +307,24 @@ def _prepare(x, *, gram: bool):
         return xc, sq, var, finite
     g = _dot(xc, xc.T)
     return g, jnp.diagonal(g), var, finite
+
+
+def _prepare_host(x: np.ndarray):
+    """:func:`_prepare` in Gram mode for host-resident data, in numpy: ``x @ x.T`` runs as a BLAS syrk (half the
+    flops of the GEMM XLA:CPU emits, ~3× faster here) and nothing compiles per (n, d). Returns None for the data
+    when a row is not finite (the caller raises)."""
+    n, d = x.shape
+    finite = np.isfinite(x).all(axis=1)
+    if not finite.all():
+        return None, None, None, finite
+    xc = x - x.mean(axis=0, keepdims=True)
+    g = np.dot(xc, xc.T)
+    sq = np.ascontiguousarray(np.diagonal(g))
+    return g, sq, np.float32(sq.sum(dtype=np.float64) / (n * d)), finite
+
+
+def _on_host(x) -> bool:
+    return not isinstance(x, jax.Array) or all(device.platform == "cpu" for device in x.devices())
 
 
 def _canonical(labels: jax.Array) -> jax.Array:
@@ -351,10 +370,14 @@ def _finish(x, labels):
     return centroids + mean, cost
 
 
-def _as_matrix(x) -> jax.Array:
-    x = jnp.asarray(x, jnp.float32)
+def _check_shape(x) -> None:
     if x.ndim != 2:
         raise ValueError(f"x must be a 2-D (rows, features) matrix, got shape {x.shape}")
+
+
+def _as_matrix(x) -> jax.Array:
+    x = jnp.asarray(x, jnp.float32)
+    _check_shape(x)
     return x
 
 
@@ -367,10 +390,15 @@ def _check_finite(finite: np.ndarray) -> None:
 
 def _cluster(x, k: int, key: jax.Array, n_init: int, max_iter: int, tol: float, gram: bool | None):
     """Validate, then run the restarts; returns (x as float32, canonical labels, n_iter)."""
-    x = _as_matrix(x)
-    n = x.shape[0]
     use_gram = _use_gram(gram)
-    data, sq, var, finite = _prepare(x, gram=use_gram)
+    if use_gram and _on_host(x):
+        x = np.asarray(x, np.float32)
+        _check_shape(x)
+        data, sq, var, finite = _prepare_host(x)
+    else:
+        x = _as_matrix(x)
+        data, sq, var, finite = _prepare(x, gram=use_gram)
+    n = x.shape[0]
     _check_finite(np.asarray(finite))
     k, n_init, max_iter = operator.index(k), operator.index(n_init), operator.index(max_iter)
     if not 1 <= k <= n:
