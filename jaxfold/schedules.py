@@ -50,7 +50,14 @@ def paper_recipe(num_layers: int) -> list[tuple[float, float]]:
     return block_ratios(num_layers, PAPER_LLAMA_RECIPE)
 
 
-SCHEDULES: dict[str, Callable[[int], list[tuple[float, float]]]] = {"uniform": uniform, "recipe": paper_recipe}
+def paper_recipe_mlp(num_layers: int) -> list[tuple[float, float]]:
+    """The recipe's MLP ratios with every attention head kept: an ablation for models with few KV groups, where
+    folding whole groups is coarse (SmolLM2: 3 per block, so one fold removes a third of a block's attention)."""
+    return [(0.0, mlp) for _, mlp in paper_recipe(num_layers)]
+
+
+SCHEDULES: dict[str, Callable[[int], list[tuple[float, float]]]] = {
+    "uniform": uniform, "recipe": paper_recipe, "recipe_mlp": paper_recipe_mlp}
 
 
 def group_widths(config: Any) -> dict[str, int]:

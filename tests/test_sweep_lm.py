@@ -79,3 +79,18 @@ def test_paper_recipe_removes_19_4_percent_of_llama_7b_and_scales_with_depth():
     assert plan("block22.attn", 32) == 26 and plan("block11.mlp", 11008) == 6605  # round(), paper-notes §2.7
     assert abs(schedules.sparsity(big, plan) - 0.1938) < 5e-4  # 1,306,079,232 of 6,738,415,616
     assert [i for i, r in enumerate(schedules.paper_recipe(30)) if r != (0.0, 0.0)] == list(range(10, 28))
+
+
+def test_recipe_mlp_keeps_every_head_and_calibrates():
+    from jaxfold import schedules
+
+    cfg = llama(vocab_size=64, hidden_size=32, num_layers=8, num_heads=4, num_kv_heads=2, intermediate_size=48,
+                head_dim=8)
+    mlp_only = schedules.paper_recipe_mlp(8)
+    assert [a for a, _ in mlp_only] == [0.0] * 8
+    assert [m for _, m in mlp_only] == [m for _, m in schedules.paper_recipe(8)]
+    plan, _, achieved = schedules.calibrate(cfg, "recipe_mlp", 0.1, tolerance=0.02)
+    assert abs(achieved - 0.1) <= 0.02
+    widths = schedules.group_widths(cfg)
+    assert all(plan(g, n) == n for g, n in widths.items() if g.endswith(".attn"))
+    assert any(plan(g, n) < n for g, n in widths.items() if g.endswith(".mlp"))
