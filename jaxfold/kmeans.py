@@ -323,7 +323,7 @@ def _prepare_host(x: np.ndarray):
     return g, sq, np.float32(sq.sum(dtype=np.float64) / (n * d)), finite
 
 
-def _on_host(x) -> bool:
+def _host_resident(x) -> bool:
     return not isinstance(x, jax.Array) or all(device.platform == "cpu" for device in x.devices())
 
 
@@ -391,7 +391,7 @@ def _check_finite(finite: np.ndarray) -> None:
 def _cluster(x, k: int, key: jax.Array, n_init: int, max_iter: int, tol: float, gram: bool | None):
     """Validate, then run the restarts; returns (x as float32, canonical labels, n_iter)."""
     use_gram = _use_gram(gram)
-    if use_gram and _on_host(x):
+    if use_gram and _host_resident(x):
         x = np.asarray(x, np.float32)
         _check_shape(x)
         data, sq, var, finite = _prepare_host(x)
