@@ -146,10 +146,11 @@ def _reseed_empty(labels: jax.Array, dmin: jax.Array, k) -> jax.Array:
     slots = jnp.arange(n)
     counts = _cluster_sums(labels, jnp.ones(n, jnp.float32))
     empty = (counts == 0) & (slots < k)
-    # the closest row of each cluster stays: the lowest (distance, index) per cluster, found by one stable sort
-    order = jnp.lexsort((dmin, labels))  # by label, then distance (lexsort: last key is primary)
-    first_of_cluster = jnp.concatenate([jnp.ones(1, bool), labels[order][1:] != labels[order][:-1]])
-    is_anchor = jnp.zeros(n, bool).at[order].set(first_of_cluster)
+    # the closest row of each cluster stays: the lowest (distance, index) per cluster, by two scatter-mins (a
+    # lexsort compiles slower)
+    closest = jnp.full(n, jnp.inf, dmin.dtype).at[labels].min(dmin)
+    anchor = jnp.full(n, n, jnp.int32).at[labels].min(jnp.where(dmin == closest[labels], slots, n))
+    is_anchor = anchor[labels] == slots
     far = jnp.argsort(jnp.where(is_anchor, -1.0, dmin), descending=True, stable=True)  # ties by index: deterministic
     src = far[jnp.maximum(jnp.cumsum(empty) - 1, 0)]  # r-th empty cluster takes the r-th farthest movable row
     return labels.at[jnp.where(empty, src, n)].set(slots.astype(labels.dtype), mode="drop")
