@@ -13,20 +13,17 @@ import time
 
 import jax
 import numpy as np
-from sklearn.cluster import AgglomerativeClustering
 from sklearn.decomposition import PCA
 
 from jaxfold import schedules
 from jaxfold.files import write_json_atomic
-from jaxfold.fold import fold
+from jaxfold.fold import fold, ward_clusterer
 from jaxfold.llm import load_language_model
 
 
 def pca_ward(x, k, key):
     """The official LLM code's clustering: PCA (all components) then Ward."""
-    del key
-    z = PCA(n_components=min(x.shape)).fit_transform(np.asarray(x, np.float64))
-    return AgglomerativeClustering(n_clusters=k, linkage="ward").fit_predict(z)
+    return ward_clusterer(PCA(n_components=min(x.shape)).fit_transform(np.asarray(x, np.float64)), k, key)
 
 
 def main() -> None:

@@ -264,21 +264,10 @@ def fold(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, key: jax.Arra
 
 
 def _inertia(x: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Σ_i ||x_i − mean of its cluster||² on the host (the report's number, clusterer-independent): residuals taken
-    before squaring (no cancellation), summed in float64. Cluster sums by a one-hot matmul (BLAS; much faster than
-    a sorted ``reduceat`` over rows) while the k × n one-hot matrix is small, else by the sorted pass."""
-    sizes = np.bincount(labels, minlength=k)
-    n = len(labels)
-    if k * n <= 1 << 24:
-        onehot = np.zeros((k, n), x.dtype)
-        onehot[labels, np.arange(n)] = 1
-        sums = onehot @ x
-    else:
-        order = np.argsort(labels, kind="stable")
-        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])[sizes > 0]
-        sums = np.zeros((k, x.shape[1]), x.dtype)
-        sums[sizes > 0] = np.add.reduceat(x[order], starts, axis=0)
-    residual = x - (sums / np.maximum(sizes, 1)[:, None].astype(x.dtype))[labels]
+    """Σ_i ||x_i − mean of its cluster||² on the host (the report's number, clusterer-independent): cluster means as
+    the merge computes them (:func:`merge_rows`; every cluster is non-empty by now), residuals taken before squaring
+    (no cancellation), summed in float64."""
+    residual = x - merge_rows(x, labels, k, "producer")[labels]
     return float(np.einsum("ij,ij->", residual, residual, dtype=np.float64))
 
 
