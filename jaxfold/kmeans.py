@@ -1,11 +1,11 @@
 """k-means for model folding: cluster channels (rows) by their weights, in pure jitted JAX.
 
 Why not sklearn: folding runs k-means once per layer, on CPU/GPU/TPU alike, with the weights already on device;
-a jitted Lloyd loop with the ``n_init`` restarts batched by ``vmap`` is much faster warm and needs no host copy.
+a jitted Lloyd loop over the ``n_init`` restarts is much faster warm and needs no host copy.
 
 Conventions follow sklearn's ``KMeans`` so results are comparable: greedy k-means++ seeding, Lloyd iterations until
 the centroid shift (sum of squared moves) is ≤ ``tol`` × the mean per-feature variance of ``x``, best of ``n_init``.
-Each restart's Lloyd fixed point is then refined by Hartigan's moves (the official code's solver is Hartigan's):
+The best restart's Lloyd fixed point is then refined by Hartigan's moves (the official code's solver is Hartigan's):
 with k close to n, as at typical folding ratios, Lloyd alone stalls in poorer optima.
 
 Cost: clusters are held as labels plus the statistics c_j·x_i and ||c_j||², never as centroid matrices. In Gram
@@ -70,10 +70,10 @@ def _kmeanspp(u: jax.Array, data: jax.Array, sq: jax.Array, k: jax.Array, trials
     # needs and let only the first ``trials`` compete.
     live = jnp.arange(u.shape[1]) < trials
 
-    def dist_to(idx: jax.Array) -> jax.Array:  # (n, t) squared distances to rows idx, exactly 0 at the rows themselves
-        cross = data[:, idx] if gram else _dot(data, data[idx].T)
-        dist = jnp.maximum(sq[:, None] - 2 * cross + sq[idx][None, :], 0.0)
-        return jnp.where(rows[:, None] == idx[None, :], 0.0, dist)
+    def dist_to(idx: jax.Array) -> jax.Array:  # (t, n) squared distances to rows idx, exactly 0 at the rows themselves
+        cross = data[idx] if gram else _dot(data[idx], data.T)  # rows of G (symmetric): a contiguous gather
+        dist = jnp.maximum(sq[None, :] - 2 * cross + sq[idx][:, None], 0.0)
+        return jnp.where(rows[None, :] == idx[:, None], 0.0, dist)
 
     first = jnp.minimum((u[0, :1] * n).astype(jnp.int32), n - 1)
     centers = jnp.zeros(n, jnp.int32).at[0].set(first[0])
@@ -82,13 +82,13 @@ def _kmeanspp(u: jax.Array, data: jax.Array, sq: jax.Array, k: jax.Array, trials
         centers, closest = carry
         cum = jnp.cumsum(closest)
         # side="right": a row at distance 0 (already a centre, or a duplicate of one) is never drawn
-        cand = jnp.searchsorted(cum, u[j] * cum[-1], side="right", method="compare_all")
+        cand = jnp.searchsorted(cum, u[j] * cum[-1], side="right", method="scan")
         cand = jnp.minimum(cand, n - 1)
-        new = jnp.minimum(closest[:, None], dist_to(cand))
-        best = jnp.argmin(jnp.where(live, jnp.sum(new, axis=0), jnp.inf))
-        return centers.at[j].set(cand[best]), new[:, best]
+        new = jnp.minimum(closest[None, :], dist_to(cand))
+        best = jnp.argmin(jnp.where(live, jnp.sum(new, axis=1), jnp.inf))
+        return centers.at[j].set(cand[best]), new[best]
 
-    centers, _ = jax.lax.fori_loop(1, k, body, (centers, dist_to(first)[:, 0]))
+    centers, _ = jax.lax.fori_loop(1, k, body, (centers, dist_to(first)[0]))
     return centers
 
 
@@ -156,15 +156,14 @@ def _reseed_empty(labels: jax.Array, dmin: jax.Array, k) -> jax.Array:
     return labels.at[jnp.where(empty, src, n)].set(slots.astype(labels.dtype), mode="drop")
 
 
-def _restart(u, data, sq, tol_abs, k, trials, *, max_iter: int, gram: bool):
-    """One k-means++ seeding, Lloyd iterations, then Hartigan refinement; returns labels, cost, Lloyd iterations.
+def _lloyd(seeds, data, sq, tol_abs, k, *, max_iter: int, gram: bool):
+    """Lloyd iterations from one restart's k-means++ seeds (k row indices); returns labels, cost, iterations.
 
     Clusters live in n slots (j ≥ k dead: at distance +inf, so no row joins them) and are represented by their
     labels alone: every Lloyd step recomputes the centroid statistics from the labels (:func:`_stats`)."""
     n = sq.shape[0]
     rows = jnp.arange(n)
     alive = rows < k
-    seeds = _kmeanspp(u, data, sq, k, trials, gram)
     rows0 = data[seeds] if gram else _dot(data[seeds], data.T)  # seed_j·x_i: a row of G
     cx0, cc0 = jnp.where(alive[:, None], rows0, 0.0), jnp.where(alive, sq[seeds], 0.0)
 
@@ -184,11 +183,8 @@ def _restart(u, data, sq, tol_abs, k, trials, *, max_iter: int, gram: bool):
         return it + 1, cx_new, cc_new, labels, jnp.where(jnp.all(labels == prev), 0.0, shift)
 
     init = (jnp.int32(0), cx0, cc0, jnp.full(n, -1, jnp.int32), jnp.float32(jnp.inf))
-    it, _, _, labels, _ = jax.lax.while_loop(lambda s: (s[0] < max_iter) & (s[4] > tol_abs), step, init)
-    labels = _hartigan(labels, data, sq, alive, gram)
-    # cost to pick the best restart (exact statistics: the refinement updates them incrementally); the reported
-    # inertia is recomputed from x for the kept one
-    _, cx, cc = _stats(labels, data, gram)
+    it, cx, cc, labels, _ = jax.lax.while_loop(lambda s: (s[0] < max_iter) & (s[4] > tol_abs), step, init)
+    # cost to pick the best restart, from the final labels' statistics; the reported inertia is recomputed from x
     return labels, jnp.sum(jnp.maximum(sq - 2 * _own(cx, labels) + cc[labels], 0.0)), it
 
 
@@ -339,16 +335,20 @@ def _canonical(labels: jax.Array) -> jax.Array:
 
 @partial(jax.jit, static_argnames=("max_iter", "gram"))
 def _core(data, sq, var, tol, u, k, trials, *, max_iter: int, gram: bool):
-    """Canonical labels and Lloyd iterations of the best of n_init restarts; ``u`` holds each restart's k-means++
-    draws, (n_init, n, _trials(n)).
+    """Canonical labels and Lloyd iterations of the best of n_init restarts, refined; ``u`` holds each restart's
+    k-means++ draws, (n_init, n, _trials(n)).
 
+    Seeding is vmapped over the restarts (every restart runs exactly k steps, so batching only saves loop
+    overhead); Lloyd runs restart after restart (lax.map): a vmapped while loop would run every restart for as many
+    steps as the slowest. Only the restart with the lowest Lloyd cost gets Hartigan's refinement: refining all of
+    them cost half the time and gave the same inertia on the ResNet18 groups (docs/benchmarks.md).
     k (and its trial count) are traced: one executable serves every k ≤ n, and in Gram mode every d as well."""
-    run = partial(_restart, data=data, sq=sq, tol_abs=tol * var, k=k, trials=trials, max_iter=max_iter, gram=gram)
-    # restarts one after another (lax.map), not vmapped: batched gathers/scatters compile slower, and a vmapped
-    # while loop runs every restart for as many rounds as the slowest one needs
-    labels, cost, n_iter = jax.lax.map(run, u)
+    seeds = jax.vmap(lambda draws: _kmeanspp(draws, data, sq, k, trials, gram))(u)
+    run = partial(_lloyd, data=data, sq=sq, tol_abs=tol * var, k=k, max_iter=max_iter, gram=gram)
+    labels, cost, n_iter = jax.lax.map(run, seeds)
     best = jnp.argmin(cost)
-    return _canonical(labels[best]), n_iter[best]
+    refined = _hartigan(labels[best], data, sq, jnp.arange(sq.shape[0]) < k, gram)
+    return _canonical(refined), n_iter[best]
 
 
 def _uniforms(key: jax.Array, n_init: int, n: int) -> np.ndarray:

@@ -3,6 +3,9 @@ quantised blocks, a byte-level BPE vocab) must read back as the original HF tens
 fetched) against its documented config, transformers' own GGUF loader and the reference continuation."""
 
 import importlib.util
+import os
+import subprocess
+import sys
 
 import gguf
 import numpy as np
@@ -266,10 +269,19 @@ def test_smollm2_greedy_continuation_is_paris(smollm2_jax):
     assert tok.decode(out[len(ids):].tolist()).startswith(" Paris")
 
 
+_EXACT_GEMM_LOGITS = """
+import sys
+import numpy as np
+from jaxfold.io import gguf_import
+config, variables, _ = gguf_import.load_gguf(sys.argv[1])
+np.save(sys.argv[3], np.asarray(config.module().apply(variables, np.load(sys.argv[2]))))
+"""
+
+
 @pytest.mark.slow
 @needs_smollm2
 @needs_transformers
-def test_smollm2_logits_match_transformers(smollm2_hf, smollm2_jax):
+def test_smollm2_logits_match_transformers(smollm2_hf, smollm2_jax, tmp_path):
     import torch
 
     model, _ = smollm2_hf
@@ -279,9 +291,19 @@ def test_smollm2_logits_match_transformers(smollm2_hf, smollm2_jax):
     with torch.no_grad():
         ref = model(torch.from_numpy(ids)).logits.numpy()
     assert ours.shape == ref.shape
-    # Within 1e-4 of the logits' scale (|logits| reach ~20), not 1e-4 absolute: float32 noise over 30 blocks is
-    # about that large for transformers itself (its float32 logits are up to 1.0e-4 off its float64 ones on this
-    # input; ours up to 2.2e-4, mean 1.3e-5). A wrong weight layout would be off by whole units.
+    # XLA:CPU's default GEMMs (YNNPACK) accumulate float32 less precisely than torch's: over 30 blocks ours land up
+    # to 2.2e-4 from transformers' float32 logits (mean 1.3e-5), while transformers' own float32 logits are up to
+    # 1.0e-4 off its float64 ones. So with default numerics, within 1e-4 of the logits' scale (|logits| ~ 20); a
+    # wrong weight layout would be off by whole units.
     diff = np.abs(ours - ref)
     assert diff.max() <= 1e-4 * np.abs(ref).max() and diff.mean() < 5e-5, (diff.max(), diff.mean())
     assert (ours.argmax(-1) == ref.argmax(-1)).all()
+    # With XLA's own GEMMs (YNNPACK fusion off; ~1.6× slower here) the same forward is within 1e-4 absolute
+    # (7.7e-5 measured). A fresh process: XLA_FLAGS are read once, when the backend starts.
+    np.save(tmp_path / "ids.npy", ids)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_cpu_experimental_ynn_fusion_type="}
+    subprocess.run([sys.executable, "-c", _EXACT_GEMM_LOGITS, str(SMOLLM2), str(tmp_path / "ids.npy"),
+                    str(tmp_path / "logits.npy")], env=env, check=True, timeout=600)
+    exact = np.load(tmp_path / "logits.npy")
+    assert np.abs(exact - ref).max() <= 1e-4, np.abs(exact - ref).max()
