@@ -107,6 +107,18 @@ def _greedy_by_full_forward(cfg, variables, prompt, n, eos=None):
     return np.asarray(ids)
 
 
+def test_chunked_causal_attention_equals_one_pass():
+    """Long inputs without a cache attend in query chunks (keys after a chunk skipped); with a cache the same
+    tokens go through one unchunked pass over the masked cache: same logits."""
+    from jaxfold.models.llama import init_cache
+
+    cfg, variables = GQA.replace(max_position_embeddings=512), _random_variables(GQA, 4)
+    ids = _ids(cfg, shape=(1, 300), seed=5)  # > 128 positions: 3 chunks of 100
+    chunked = _logits(cfg, variables, ids)
+    one_pass, _ = cfg.module().apply(variables, jnp.asarray(ids), init_cache(cfg, 1, 300), 0)
+    np.testing.assert_allclose(chunked, np.asarray(one_pass), atol=2e-5, rtol=0)
+
+
 def test_generate_with_cache_equals_full_forward_greedy():
     cfg, variables = GQA, _random_variables(GQA, 3)
     prompt = [5, 17, 3, 99, 42]

@@ -237,8 +237,31 @@ def _dense(features: int, dtype: Any, name: str) -> nn.Dense:
     return nn.Dense(features, use_bias=False, dtype=dtype, param_dtype=dtype, kernel_init=_INIT, name=name)
 
 
+_MIN_CHUNK, _MAX_CHUNKS = 128, 8  # causal attention over long inputs: at most 8 query chunks of ≥ 128 positions
+
+
+def _attend(q: jax.Array, keys: jax.Array, values: jax.Array, qpos: jax.Array, kpos: jax.Array,
+            dtype: Any) -> jax.Array:
+    """Masked softmax attention of q (b, t, groups, r, d) over keys/values (b, s, groups, d) → (b, t, groups·r·d).
+
+    One plain batched matmul per KV group, its r heads × t positions as rows (a 5-D einsum with the heads as a free
+    dimension ran 1.5× slower on XLA:CPU); softmax in float32, normalised after the value product (a (rows, d)
+    division instead of a (rows, s) one)."""
+    b, t, groups, r, hd = q.shape
+    rows = q.transpose(0, 2, 3, 1, 4).reshape(b, groups, r * t, hd)
+    scores = jnp.einsum("bgqd,bgsd->bgqs", rows, keys.transpose(0, 2, 1, 3),
+                        preferred_element_type=jnp.float32) * (hd ** -0.5)
+    mask = (kpos[None, :] <= jnp.tile(qpos, r)[:, None])[None, None]
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    weights = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
+    out = jnp.einsum("bgqs,bgsd->bgqd", weights.astype(dtype), values.astype(dtype).transpose(0, 2, 1, 3),
+                     preferred_element_type=jnp.float32) / jnp.sum(weights, axis=-1, keepdims=True)
+    return out.astype(dtype).reshape(b, groups, r, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, groups * r * hd)
+
+
 class Attention(nn.Module):
-    """Causal grouped-query attention: queries reshaped to (KV group, head in group), one einsum for all heads."""
+    """Causal grouped-query attention: queries reshaped to (KV group, head in group), one batched matmul per group;
+    without a cache, long inputs go in query chunks that skip the keys after them (2× less attention work at 1,024)."""
 
     num_heads: int
     num_kv_heads: int
@@ -263,11 +286,13 @@ class Attention(nn.Module):
             values = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, start, 0, 0))
             kpos = jnp.arange(keys.shape[1])
             cache = (keys, values)
-        scores = jnp.einsum("btgrd,bsgd->bgrts", q, keys, preferred_element_type=jnp.float32) * (hd ** -0.5)
-        mask = (kpos[None, :] <= qpos[:, None])[None, None, None]
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bgrts,bsgd->btgrd", probs, values.astype(self.dtype)).reshape(b, t, self.num_heads * hd)
+        if cache is None and t > _MIN_CHUNK:  # causal: query chunk i needs only the keys up to its own end
+            size = -(-t // min(_MAX_CHUNKS, -(-t // _MIN_CHUNK)))
+            out = jnp.concatenate([_attend(q[:, i:i + size], keys[:, :i + size], values[:, :i + size],
+                                           qpos[i:i + size], kpos[:i + size], self.dtype)
+                                   for i in range(0, t, size)], axis=1)
+        else:
+            out = _attend(q, keys, values, qpos, kpos, self.dtype)
         return _dense(x.shape[-1], self.dtype, "o")(out), cache
 
 
