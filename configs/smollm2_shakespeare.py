@@ -26,7 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                    clusterer="kmeans", n_init=1, max_iter=300,
                    generate_prompts=("The capital of France is", "To be, or not to be,"),
                    generate_at=(0.2,), max_new_tokens=24)
-    if arg == "demo":  # `make demo`: fold vs magnitude with the paper's recipe at 10 and 20 % (~10 min CPU)
+    if arg == "demo":  # `make demo`: fold vs magnitude with the paper's recipe at 10 and 20 % (~2 min CPU)
         c.lm.max_windows = 4
         c.sweep.variants = ("fold:recipe", "magnitude:recipe")
         c.sweep.ratios = (0.1, 0.2)

@@ -24,9 +24,9 @@ LogitsFn = Callable[[Any, jax.Array], jax.Array]  # (variables, ids (B, T)) -> l
 @functools.partial(jax.jit, static_argnums=0)
 def _nll_sum(logits_fn: LogitsFn, variables: Any, ids: jax.Array, mask: jax.Array) -> jax.Array:
     logits = logits_fn(variables, ids)[:, :-1].astype(jnp.float32)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    target = jnp.take_along_axis(logp, ids[:, 1:, None], axis=-1)[..., 0]
-    return -jnp.sum(target * mask[:, None])
+    # NLL = logsumexp − the target's logit: never materialises the (B, T, V) log-probabilities
+    target = jnp.take_along_axis(logits, ids[:, 1:, None], axis=-1)[..., 0]
+    return jnp.sum((jax.nn.logsumexp(logits, axis=-1) - target) * mask[:, None])
 
 
 def windows(token_ids: np.ndarray, seqlen: int) -> np.ndarray:
