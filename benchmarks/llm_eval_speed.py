@@ -30,13 +30,15 @@ def main() -> None:
     args = p.parse_args()
     from transformers import AutoModelForCausalLM
 
-    ours = load_language_model("smollm2")
+    ours = load_language_model("smollm2")  # its tokenizer serves both sides
     path = smollm2_path()
-    ref = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, torch_dtype=torch.float32).eval()
     ids = ours.encode(read_text_source("shakespeare:tempest"))
     w = windows(ids, args.seqlen)[: args.windows]
     fn = logits_fn(ours.config)
-    perplexity(fn, ours.variables, ids, args.seqlen, 1, args.windows)  # compile once, not timed
+    if args.only != "transformers":
+        perplexity(fn, ours.variables, ids, args.seqlen, 1, args.windows)  # compile once, not timed
+    if args.only != "jaxfold":
+        ref = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
     t_ours, t_ref, ppl = [], [], {}
     for _ in range(args.repeats):
         if args.only != "transformers":

@@ -107,10 +107,10 @@ def group_features(flat: Mapping[str, Any], group: Group, n: int) -> Any:
 def merge_rows(rows: Any, labels: Any, k: int, role: str) -> Any:
     """(n, …) → (k, …): the sum over each cluster for consumers, the mean otherwise."""
     if _xp(rows) is np:  # a sparse (k, n) one-hot: O(n·m), 3–10× faster than the dense BLAS product here
-        n = rows.shape[0]
-        onehot = scipy.sparse.csr_matrix((np.ones(n, rows.dtype), (np.asarray(labels), np.arange(n))), shape=(k, n))
+        n, labels = rows.shape[0], np.asarray(labels)
+        onehot = scipy.sparse.csr_matrix((np.ones(n, rows.dtype), (labels, np.arange(n))), shape=(k, n))
         summed = np.asarray(onehot @ rows.reshape(n, -1)).reshape(k, *rows.shape[1:])
-        counts = np.bincount(np.asarray(labels), minlength=k).astype(rows.dtype)
+        counts = np.bincount(labels, minlength=k).astype(rows.dtype)
     else:  # exact f32 sums on accelerators (a matmul could run in TF32 there)
         summed = jax.ops.segment_sum(rows, labels, num_segments=k)
         counts = jax.ops.segment_sum(jnp.ones(rows.shape[0], rows.dtype), labels, num_segments=k)
