@@ -127,6 +127,17 @@ def _own(cx: jax.Array, labels: jax.Array) -> jax.Array:
     return jnp.take_along_axis(cx, labels[None, :], axis=0)[0]
 
 
+def _argmin_slots(d: jax.Array) -> jax.Array:
+    """``jnp.argmin(d, axis=0)`` (the first slot at each column's minimum) for NaN-free d, as two plain reductions:
+    XLA:CPU compiles a (value, index) argmin over an axis to scalar code, ≈ 3× slower on (1,536 × 1,536) than a
+    min followed by a min over the indices where d equals it (float indices: exact below 2²⁴ slots)."""
+    n = d.shape[0]
+    low = jnp.min(d, axis=0)
+    slots = jnp.arange(n, dtype=jnp.float32)[:, None]
+    first = jnp.min(jnp.where(d == low[None, :], slots, jnp.float32(n)), axis=0)
+    return jnp.minimum(first, n - 1).astype(jnp.int32)
+
+
 def _distances(sq, cx, cc, alive):
     """(slots, n) squared distances; dead slots at +inf."""
     return jnp.where(alive[:, None], jnp.maximum(sq[None, :] - 2 * cx + cc[:, None], 0.0), jnp.inf)
@@ -169,7 +180,7 @@ def _lloyd(seeds, data, sq, tol_abs, k, *, max_iter: int, gram: bool):
 
     def step(state):
         it, cx, cc, prev, _ = state
-        labels = jnp.argmin(_distances(sq, cx, cc, alive), axis=0).astype(jnp.int32)  # one fused pass, not stored
+        labels = _argmin_slots(_distances(sq, cx, cc, alive))  # fused passes, not stored
         dmin = _pair_dist(sq, cx, cc, labels, rows)
         # ties keep the previous label: coincident centroids (k > distinct rows) then settle instead of swapping
         own = _pair_dist(sq, cx, cc, jnp.maximum(prev, 0), rows)
@@ -270,7 +281,7 @@ def _hartigan_round(state, data, sq, alive, gram: bool):
     # cost of adding each row to each other live cluster; one fused pass over (slots, n), never stored
     blocked = (slots[:, None] == labels[None, :]) | ~alive[:, None]  # dead slots: 0·inf would be NaN
     add = jnp.where(blocked, jnp.inf, counts[:, None] / (counts[:, None] + 1) * _distances(sq, cx, cc, alive))
-    target = jnp.argmin(add, axis=0).astype(labels.dtype)
+    target = _argmin_slots(add).astype(labels.dtype)
     add_best = counts[target] / (counts[target] + 1) * _pair_dist(sq, cx, cc, target, slots)
     gain = remove - add_best
     scale = jnp.sum(own) / n + jnp.finfo(jnp.float32).tiny

@@ -6,7 +6,17 @@ import jax
 import numpy as np
 import pytest
 
-from jaxfold.kmeans import KMeansResult, _core, _finish, _prepare, _reseed_empty, _use_gram, inertia, kmeans
+from jaxfold.kmeans import (
+    KMeansResult,
+    _argmin_slots,
+    _core,
+    _finish,
+    _prepare,
+    _reseed_empty,
+    _use_gram,
+    inertia,
+    kmeans,
+)
 
 KEY = jax.random.key(0)
 
@@ -99,6 +109,17 @@ def test_duplicates_zeros_and_k_above_distinct(gram):
     r = kmeans(np.zeros_like(x), 9, key=KEY, gram=gram)  # all zero: nothing to separate, still no NaN
     labels, centroids = _check(x, r, 9)
     assert len(np.unique(labels)) == 9 and float(r.inertia) == 0.0 and np.all(centroids == 0)
+
+
+def test_argmin_slots_equals_argmin_with_ties_and_inf_columns():
+    """The two-reduction argmin picks the first slot at the minimum, as jnp.argmin does, also for tied values and
+    for columns that are +inf throughout (a row with no other live cluster)."""
+    rng = np.random.default_rng(0)
+    d = rng.integers(0, 4, (37, 23)).astype(np.float32)  # many ties
+    d[:, 3] = np.inf
+    d[5:, 7] = np.inf
+    d[:, 11] = d[20, 11] = -1.0
+    np.testing.assert_array_equal(np.asarray(jax.jit(_argmin_slots)(d)), np.argmin(d, axis=0))
 
 
 def test_reseed_empty_moves_farthest_movable_rows():

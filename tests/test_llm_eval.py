@@ -10,6 +10,7 @@ import pytest
 
 from jaxfold.eval.multiple_choice import evaluate_multiple_choice, read_jsonl
 from jaxfold.eval.perplexity import perplexity, windows
+from jaxfold.eval.token_logprob import logsumexp_last, token_logprobs
 
 V = 16
 
@@ -77,3 +78,19 @@ def test_multiple_choice_file_errors(tmp_path):
     path.write_text('{"context": "a"}\n')
     with pytest.raises(ValueError, match="need keys"):
         read_jsonl(path)
+
+
+def test_token_logprobs_equal_log_softmax():
+    """The per-row logsumexp (XLA:CPU path) equals jax.nn.logsumexp, and the picked log-probabilities equal
+    log_softmax's, including rows with one dominant logit and large offsets."""
+    import jax
+
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(2, 5, 301)).astype(np.float32) * 4
+    logits[0, 1] += 80.0
+    logits[1, 2, 17] = 60.0
+    targets = rng.integers(0, 301, (2, 5))
+    np.testing.assert_allclose(np.asarray(jax.jit(logsumexp_last)(logits)),
+                               np.asarray(jax.nn.logsumexp(logits, axis=-1)), rtol=1e-6, atol=1e-5)
+    expected = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits, axis=-1)), targets[..., None], -1)[..., 0]
+    np.testing.assert_allclose(np.asarray(jax.jit(token_logprobs)(logits, targets)), expected, rtol=1e-6, atol=1e-5)

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfold.eval.token_logprob import token_logprobs
+
 Encode = Callable[[str], Sequence[int]]
 
 
@@ -48,8 +50,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 @functools.partial(jax.jit, static_argnums=0)
 def _continuation_logprob(logits_fn: Any, variables: Any, ids: jax.Array, start: jax.Array,
                           stop: jax.Array) -> jax.Array:
-    logp = jax.nn.log_softmax(logits_fn(variables, ids[None])[0, :-1].astype(jnp.float32), axis=-1)
-    token = jnp.take_along_axis(logp, ids[1:, None], axis=-1)[:, 0]  # log p(ids[t+1] | ids[:t+1])
+    token = token_logprobs(logits_fn(variables, ids[None])[0, :-1], ids[1:])  # log p(ids[t+1] | ids[:t+1])
     position = jnp.arange(ids.shape[0] - 1) + 1
     return jnp.sum(jnp.where((position >= start) & (position < stop), token, 0.0))
 

@@ -18,15 +18,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfold.eval.token_logprob import token_logprobs
+
 LogitsFn = Callable[[Any, jax.Array], jax.Array]  # (variables, ids (B, T)) -> logits (B, T, V)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _nll_sum(logits_fn: LogitsFn, variables: Any, ids: jax.Array, mask: jax.Array) -> jax.Array:
-    logits = logits_fn(variables, ids)[:, :-1].astype(jnp.float32)
     # NLL = logsumexp − the target's logit: never materialises the (B, T, V) log-probabilities
-    target = jnp.take_along_axis(logits, ids[:, 1:, None], axis=-1)[..., 0]
-    return jnp.sum((jax.nn.logsumexp(logits, axis=-1) - target) * mask[:, None])
+    return -jnp.sum(token_logprobs(logits_fn(variables, ids)[:, :-1], ids[:, 1:]) * mask[:, None])
 
 
 def windows(token_ids: np.ndarray, seqlen: int) -> np.ndarray:
