@@ -10,7 +10,7 @@ import pytest
 
 from jaxfold.eval.multiple_choice import evaluate_multiple_choice, read_jsonl
 from jaxfold.eval.perplexity import perplexity, windows
-from jaxfold.eval.token_logprob import logsumexp_last, token_logprobs
+from jaxfold.eval.token_logprob import logsumexp_last, next_token_logprobs
 
 V = 16
 
@@ -80,17 +80,20 @@ def test_multiple_choice_file_errors(tmp_path):
         read_jsonl(path)
 
 
-def test_token_logprobs_equal_log_softmax():
-    """The per-row logsumexp (XLA:CPU path) equals jax.nn.logsumexp, and the picked log-probabilities equal
-    log_softmax's, including rows with one dominant logit and large offsets."""
+def test_next_token_logprobs_equal_log_softmax():
+    """The per-row logsumexp (XLA:CPU path) equals jax.nn.logsumexp, and the next-token log-probabilities equal
+    log_softmax's at the following ids, including rows with one dominant logit and large offsets."""
     import jax
 
     rng = np.random.default_rng(3)
     logits = rng.normal(size=(2, 5, 301)).astype(np.float32) * 4
     logits[0, 1] += 80.0
     logits[1, 2, 17] = 60.0
-    targets = rng.integers(0, 301, (2, 5))
+    ids = rng.integers(0, 301, (2, 5))
     np.testing.assert_allclose(np.asarray(jax.jit(logsumexp_last)(logits)),
                                np.asarray(jax.nn.logsumexp(logits, axis=-1)), rtol=1e-6, atol=1e-5)
-    expected = np.take_along_axis(np.asarray(jax.nn.log_softmax(logits, axis=-1)), targets[..., None], -1)[..., 0]
-    np.testing.assert_allclose(np.asarray(jax.jit(token_logprobs)(logits, targets)), expected, rtol=1e-6, atol=1e-5)
+    logp = np.asarray(jax.nn.log_softmax(logits, axis=-1))
+    expected = np.take_along_axis(logp[:, :-1], ids[:, 1:, None], -1)[..., 0]
+    got = np.asarray(jax.jit(next_token_logprobs)(logits, ids))
+    assert got.shape == (2, 4)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-5)

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfold.eval.token_logprob import token_logprobs
+from jaxfold.eval.token_logprob import next_token_logprobs
 
 Encode = Callable[[str], Sequence[int]]
 
@@ -50,7 +50,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
 @functools.partial(jax.jit, static_argnums=0)
 def _continuation_logprob(logits_fn: Any, variables: Any, ids: jax.Array, start: jax.Array,
                           stop: jax.Array) -> jax.Array:
-    token = token_logprobs(logits_fn(variables, ids[None])[0, :-1], ids[1:])  # log p(ids[t+1] | ids[:t+1])
+    token = next_token_logprobs(logits_fn(variables, ids[None])[0], ids)  # log p(ids[t+1] | ids[:t+1])
     position = jnp.arange(ids.shape[0] - 1) + 1
     return jnp.sum(jnp.where((position >= start) & (position < stop), token, 0.0))
 

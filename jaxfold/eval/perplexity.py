@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxfold.eval.token_logprob import token_logprobs
+from jaxfold.eval.token_logprob import next_token_logprobs
 
 LogitsFn = Callable[[Any, jax.Array], jax.Array]  # (variables, ids (B, T)) -> logits (B, T, V)
 
@@ -26,7 +26,7 @@ LogitsFn = Callable[[Any, jax.Array], jax.Array]  # (variables, ids (B, T)) -> l
 @functools.partial(jax.jit, static_argnums=0)
 def _nll_sum(logits_fn: LogitsFn, variables: Any, ids: jax.Array, mask: jax.Array) -> jax.Array:
     # NLL = logsumexp − the target's logit: never materialises the (B, T, V) log-probabilities
-    return -jnp.sum(token_logprobs(logits_fn(variables, ids)[:, :-1], ids[:, 1:]) * mask[:, None])
+    return -jnp.sum(next_token_logprobs(logits_fn(variables, ids), ids) * mask[:, None])
 
 
 def windows(token_ids: np.ndarray, seqlen: int) -> np.ndarray:

@@ -1,0 +1,59 @@
+#!/usr/bin/env python
+"""What compiling the k-means core costs: tracing, lowering and XLA compilation of ``jaxfold.kmeans._core`` for a
+group of n rows (what a fold pays once per distinct group width), its parts compiled alone, and the number of
+fused kernels XLA emits. Random data: compilation depends on shapes only.
+
+    .venv/bin/python benchmarks/kmeans_compile.py [--n 64 512 1536]
+"""
+import argparse
+import importlib
+import json
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+km = importlib.import_module("jaxfold.kmeans")  # the package re-exports a function of the same name
+
+
+def compile_seconds(fn, *args, **static) -> dict:
+    t0 = time.perf_counter()
+    lowered = fn.lower(*args, **static)
+    t1 = time.perf_counter()
+    compiled = lowered.compile()
+    t2 = time.perf_counter()
+    return {"trace_and_lower_s": round(t1 - t0, 3), "compile_s": round(t2 - t1, 3),
+            "fusions": len(re.findall(r"= \S+ fusion\(", compiled.as_text()))}
+
+
+def parts(n: int, n_init: int) -> dict:
+    """Compile the core and each of its stages alone (k and the trial count traced, as in the core)."""
+    x = np.random.default_rng(0).standard_normal((n, 300)).astype(np.float32)
+    g, sq, var, _ = km._prepare_host(x)
+    k, trials = np.int32(n // 2), np.int32(km._trials(n // 2))
+    u = km._uniforms(jax.random.key(0), n_init, n)
+    seeding = jax.jit(lambda u, g, sq, k, t: jax.vmap(lambda d: km._kmeanspp(d, g, sq, k, t, True))(u))
+    lloyd = jax.jit(lambda s, g, sq, k: jax.lax.map(
+        lambda s1: km._lloyd(s1, g, sq, 1e-4, k, max_iter=300, gram=True), s))
+    hartigan = jax.jit(lambda lab, g, sq, k: km._hartigan(lab, g, sq, jnp.arange(n) < k, True))
+    return {
+        "core": compile_seconds(km._core, g, sq, var, np.float32(1e-4), u, k, trials, max_iter=300, gram=True),
+        "seeding": compile_seconds(seeding, u, g, sq, k, trials),
+        "lloyd": compile_seconds(lloyd, np.zeros((n_init, n), np.int32), g, sq, k),
+        "hartigan": compile_seconds(hartigan, np.zeros(n, np.int32), g, sq, k),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--n", type=int, nargs="+", default=[64, 512])
+    p.add_argument("--n-init", type=int, default=10)
+    args = p.parse_args()
+    for n in args.n:
+        print(json.dumps({"n": n, "n_init": args.n_init, **parts(n, args.n_init)}))
+
+
+if __name__ == "__main__":
+    main()
