@@ -138,36 +138,6 @@ def _argmin_slots(d: jax.Array) -> jax.Array:
     return jnp.minimum(first, n - 1).astype(jnp.int32)
 
 
-_SLOT_BLOCK = 128  # slots per block of the live-slot argmin
-
-
-def _argmin_live(cost_block, n: int, k) -> jax.Array:
-    """``jnp.argmin(cost, axis=0)`` over an (n slots, n rows) cost matrix whose slots ≥ k are all +inf, touching
-    only the blocks of slots below k: ``cost_block(start, size)`` gives slots start … start + size − 1. At typical
-    folding ratios about half the slots are dead, so this halves the O(n²) pass of every Lloyd step and Hartigan
-    round (15–20 % off a SmolLM2 MLP group's k-means). Same result as the full argmin: blocks go in slot order and a
-    later block wins only if strictly lower (the last block is shifted back to fit, re-reading slots already seen,
-    which cannot win)."""
-    size = min(_SLOT_BLOCK, n)
-
-    def body(b, carry):
-        best, index = carry
-        start = jnp.minimum(b * size, n - size)
-        block = cost_block(start, size)
-        low = jnp.min(block, axis=0)
-        first = _argmin_slots(block)
-        better = low < best
-        return jnp.where(better, low, best), jnp.where(better, start + first, index)
-
-    init = (jnp.full(n, jnp.inf, jnp.float32), jnp.zeros(n, jnp.int32))
-    return jax.lax.fori_loop(0, (k + size - 1) // size, body, init)[1]
-
-
-def _slot_rows(start, size, *arrays):
-    """Rows start … start + size − 1 of each array (slots on axis 0)."""
-    return [jax.lax.dynamic_slice_in_dim(a, start, size, axis=0) for a in arrays]
-
-
 def _distances(sq, cx, cc, alive):
     """(slots, n) squared distances; dead slots at +inf."""
     return jnp.where(alive[:, None], jnp.maximum(sq[None, :] - 2 * cx + cc[:, None], 0.0), jnp.inf)
@@ -210,7 +180,7 @@ def _lloyd(seeds, data, sq, tol_abs, k, *, max_iter: int, gram: bool):
 
     def step(state):
         it, cx, cc, prev, _ = state
-        labels = _argmin_live(lambda start, size: _distances(sq, *_slot_rows(start, size, cx, cc, alive)), n, k)
+        labels = _argmin_slots(_distances(sq, cx, cc, alive))  # fused passes, not stored
         dmin = _pair_dist(sq, cx, cc, labels, rows)
         # ties keep the previous label: coincident centroids (k > distinct rows) then settle instead of swapping
         own = _pair_dist(sq, cx, cc, jnp.maximum(prev, 0), rows)
@@ -308,13 +278,10 @@ def _hartigan_round(state, data, sq, alive, gram: bool):
     own = _pair_dist(sq, cx, cc, labels, slots)
     n_own = counts[labels]
     remove = jnp.where(n_own > 1, n_own / jnp.maximum(n_own - 1, 1.0) * own, -jnp.inf)
-    def add_cost(start, size):  # cost of adding each row to each other live cluster, for a block of slots
-        cx_b, cc_b, alive_b, counts_b = _slot_rows(start, size, cx, cc, alive, counts)
-        blocked = ((start + jnp.arange(size))[:, None] == labels[None, :]) | ~alive_b[:, None]  # dead: 0·inf is NaN
-        return jnp.where(blocked, jnp.inf, counts_b[:, None] / (counts_b[:, None] + 1) * _distances(sq, cx_b, cc_b,
-                                                                                                   alive_b))
-
-    target = _argmin_live(add_cost, n, jnp.sum(alive)).astype(labels.dtype)
+    # cost of adding each row to each other live cluster; one fused pass over (slots, n), never stored
+    blocked = (slots[:, None] == labels[None, :]) | ~alive[:, None]  # dead slots: 0·inf would be NaN
+    add = jnp.where(blocked, jnp.inf, counts[:, None] / (counts[:, None] + 1) * _distances(sq, cx, cc, alive))
+    target = _argmin_slots(add).astype(labels.dtype)
     add_best = counts[target] / (counts[target] + 1) * _pair_dist(sq, cx, cc, target, slots)
     gain = remove - add_best
     scale = jnp.sum(own) / n + jnp.finfo(jnp.float32).tiny

@@ -8,7 +8,6 @@ import pytest
 
 from jaxfold.kmeans import (
     KMeansResult,
-    _argmin_live,
     _argmin_slots,
     _core,
     _finish,
@@ -121,20 +120,6 @@ def test_argmin_slots_equals_argmin_with_ties_and_inf_columns():
     d[5:, 7] = np.inf
     d[:, 11] = d[20, 11] = -1.0
     np.testing.assert_array_equal(np.asarray(jax.jit(_argmin_slots)(d)), np.argmin(d, axis=0))
-
-
-@pytest.mark.parametrize("n,k", [(37, 37), (300, 1), (300, 129), (300, 256), (300, 300), (64, 20)])
-def test_argmin_live_equals_argmin_over_live_slots(n, k):
-    """The block-wise argmin over the live slots (< k) equals jnp.argmin over the whole matrix whose dead slots are
-    +inf: blocks of 128 (the last one shifted back), ties (first slot wins) and all-inf columns included."""
-    rng = np.random.default_rng(n + k)
-    d = rng.integers(0, 5, (n, n)).astype(np.float32)  # (slots, rows): square, as in k-means
-    d[k:] = np.inf
-    d[:, 2] = np.inf
-    expected = np.argmin(d, axis=0)
-    got = jax.jit(lambda d, k: _argmin_live(lambda start, size: jax.lax.dynamic_slice_in_dim(d, start, size), n, k))(
-        d, np.int32(k))
-    np.testing.assert_array_equal(np.asarray(got), expected)
 
 
 def test_reseed_empty_moves_farthest_movable_rows():
