@@ -52,9 +52,12 @@ def main() -> None:
     ids = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (1, args.seqlen)), jnp.int32)
     mask = jnp.ones(1)
 
-    def nll_call():  # a fresh module (and jit cache entry), traced now with the current patches
+    def fresh_logits_fn():  # a new jit cache entry, traced at its first call (jaxfold.llm.logits_fn is cached)
         module = llama.Llama(cfg)
-        fn = lambda v, i: module.apply(v, i)
+        return lambda v, i: module.apply(v, i)
+
+    def nll_call():  # traced now, with the current patches
+        fn = fresh_logits_fn()
         jax.block_until_ready(_nll_sum(fn, variables, ids, mask))
         return lambda: _nll_sum(fn, variables, ids, mask)
 
@@ -68,8 +71,7 @@ def main() -> None:
         calls["without_mlp_s"] = nll_call()
     finally:
         llama._attend, llama.MLP.__call__ = attend, mlp_call
-    module = llama.Llama(cfg)
-    fn = lambda v, i: module.apply(v, i)
+    fn = fresh_logits_fn()
     calls["logits_without_nll_s"] = lambda: _logits_only(fn, variables, ids)
     out = {"seqlen": args.seqlen, "repeats": args.repeats, **interleaved_medians(calls, args.repeats)}
     for part, key in (("attention_core", "without_attention_core_s"), ("mlp", "without_mlp_s"),
