@@ -242,8 +242,9 @@ def test_batched_moves_exact(gram):
     # rows 0..9 leave clusters 0..9 (row 10 also leaves cluster 0), entering clusters that also lose rows
     picked = jnp.asarray([0, 1, 2, 3, 10, 5, 7, n, n, n, n], jnp.int32)  # n = padding
     counts, cx, cc = _stats(labels, data, gram)
-    delta, fits, new_labels, new_counts, new_cx, new_cc = _batch_moves(
+    delta, fits, new_labels, new_counts, dst, rows_cx, rows_cc = _batch_moves(
         picked, labels, target, counts, sq, cx, cc, data, gram)
+    new_cx, new_cc = cx.at[dst].set(rows_cx, mode="drop"), cc.at[dst].set(rows_cc, mode="drop")
     expect_labels = np.asarray(labels).copy()
     for i in np.asarray(picked):
         if i < n:
@@ -261,3 +262,26 @@ def test_batched_moves_exact(gram):
     counts1, cx1, cc1 = _stats(singleton, data, gram)
     assert not bool(_batch_moves(jnp.asarray([0], jnp.int32), singleton, jnp.full(n, 1, jnp.int32), counts1, sq,
                                  cx1, cc1, data, gram)[1])
+
+
+def test_same_cluster_sums_scatter_equals_matmul():
+    """The CPU (scatter-add) and accelerator (matmul) forms of a batch's per-cluster row sums agree, with parts
+    sharing clusters in every pattern and parts off the batch."""
+    import jax.numpy as jnp
+
+    from jaxfold.kmeans import _same_cluster_sums_matmul, _same_cluster_sums_scatter
+
+    rng = np.random.default_rng(5)
+    m, n = 12, 30
+    part = jnp.asarray(rng.integers(0, 5, 2 * m), jnp.int32)  # 24 parts in 5 clusters
+    on = jnp.asarray(np.tile(np.arange(m) < 9, 2))  # the last 3 moves are padding
+    same = (part[:, None] == part[None, :]) & on[:, None] & on[None, :]
+    sign = jnp.concatenate([-jnp.ones(m), jnp.ones(m)])
+    gi = jnp.asarray(rng.standard_normal((m, n)), jnp.float32)
+    a = np.asarray(_same_cluster_sums_scatter(same, on, sign, gi))[np.asarray(on)]
+    b = np.asarray(_same_cluster_sums_matmul(same, on, sign, gi))[np.asarray(on)]
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+    g2, s = np.concatenate([np.asarray(gi)] * 2), np.asarray(sign)
+    p0 = int(np.flatnonzero(np.asarray(on))[0])
+    expect = sum(s[q] * g2[q] for q in range(2 * m) if bool(same[p0, q]))
+    np.testing.assert_allclose(a[0], expect, rtol=1e-6, atol=1e-6)
