@@ -205,7 +205,8 @@ def fold_with_partition(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan
     labels: dict[str, np.ndarray] = {}
     reports: dict[str, dict[str, Any]] = {}
 
-    def collect(name: str, n: int, k: int, x: Any, raw: Any, t0: float) -> None:
+    def collect(name: str, n: int, k: int, x: Any, raw: Any, own_seconds: float) -> None:
+        t0 = time.perf_counter()
         lab = np.asarray(raw).astype(np.int64).reshape(-1)  # waits for an asynchronous (device) clusterer
         if lab.shape != (n,) or lab.min() < 0 or lab.max() >= k:
             raise ValueError(f"clusterer returned labels of shape {lab.shape} in [{lab.min()}, {lab.max()}] for group "
@@ -214,11 +215,13 @@ def fold_with_partition(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan
         lab = _fill_empty_clusters(lab, k, x_np)
         labels[name] = lab
         reports[name] = {"group": name, "n": n, "k": k, "channel_ratio": 1.0 - k / n,
-                         "inertia": _inertia(x_np, lab, k), "seconds": round(time.perf_counter() - t0, 4)}
+                         "inertia": _inertia(x_np, lab, k),
+                         "seconds": round(own_seconds + time.perf_counter() - t0, 4)}
 
     # One group in flight: the next group's clustering is dispatched before this one's labels are collected, so
     # host work (features, checks, the report's inertia) overlaps device work, and at most two groups' features
-    # and clustering buffers are alive at once (block by block for LLMs).
+    # and clustering buffers are alive at once (block by block for LLMs). A group's "seconds" count its own host
+    # work plus the wait for its labels, so the groups' seconds add up to the clustering phase's time.
     pending = None
     for index, group in enumerate(spec.groups):
         n, k = widths[group.name], ks[group.name]
@@ -230,9 +233,10 @@ def fold_with_partition(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan
         feature_group = feature_spec.group(group.name)
         x = group_features(feature_flat, feature_group, n)
         raw = partition(x, feature_group, feature_flat, k, index)
+        own_seconds = time.perf_counter() - t0
         if pending is not None:
             collect(*pending)
-        pending = (group.name, n, k, x, raw, t0)
+        pending = (group.name, n, k, x, raw, own_seconds)
     if pending is not None:
         collect(*pending)
     groups_report = [reports[g.name] for g in spec.groups]

@@ -141,6 +141,9 @@ def test_fold_is_deterministic_pure_and_rebuilds(small_model):
     assert a.widths == {g: max(1, int(n * 0.5)) for g, n in widths.items()}
     assert np.all(np.isfinite(_logits(folded_cfg, a.variables)))
     assert 0.0 < a.report["param_sparsity"] < 1.0
+    # the groups' clocks are disjoint parts of the fold (host work + the wait for its labels), not overlapping spans
+    group_seconds = [g["seconds"] for g in b.report["groups"]]
+    assert all(t >= 0 for t in group_seconds) and sum(group_seconds) <= b.report["seconds"] + 1e-3
 
 
 def test_merge_is_mean_for_producers_and_sum_for_consumers():
