@@ -9,9 +9,9 @@ the arrays). Prints one JSON line: seconds, peak host memory, parameter counts, 
 Weights are drawn on the host (normal, std 0.02 like HF's initializer; norms 1), no compiled init: a 7B init
 would otherwise hold a float32 copy. On an accelerator the weights are put on the device first, so features,
 Gram matrices and k-means all run there. ``--layers`` shrinks the depth for a quick check of the script.
-'fold_seconds' is the process's first fold, compilation included. The per-group clocks overlap (a group's runs
-from its features to its labels, which includes waiting for the previous group's k-means), so their sums
-('group_seconds_sum') exceed the fold's time.
+'fold_seconds' is the process's first fold, compilation included. 'group_seconds_sum' adds the fold report's
+per-group seconds (each group's host work plus the wait for its labels, since commit 048734d; the JSON of
+benchmarks/results/llm_fold_7b_cpu.json predates it, when those clocks overlapped and their sums exceeded the fold).
 """
 import argparse
 import json
