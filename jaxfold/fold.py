@@ -262,11 +262,23 @@ def fold(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, key: jax.Arra
     """
     options = {"n_init": n_init, "max_iter": max_iter} if clusterer == "kmeans" else {}
     cluster = get_clusterer(clusterer, **options)
+    group_keys = _group_keys(key, len(spec.groups))
 
     def partition(x: Any, group: Group, flat: Mapping[str, Any], k: int, index: int) -> Any:
-        return cluster(x, k, jax.random.fold_in(key, index))
+        return cluster(x, k, group_keys[index])
 
     return fold_with_partition(variables, spec, plan, partition, check=check, cluster_on=cluster_on)
+
+
+def _group_keys(key: jax.Array, count: int) -> list[Any]:
+    """``fold_in(key, i)`` for every group, derived before the first clustering and rebuilt from host data: a key
+    derived inside the loop is a computation queued behind the previous group's running k-means, so reading it
+    (k-means seeds on the host) would stall the loop until that group finished."""
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(count, dtype=jnp.uint32))
+    if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        impl = jax.random.key_impl(key)
+        return [jax.random.wrap_key_data(d, impl=impl) for d in np.asarray(jax.random.key_data(keys))]
+    return list(np.asarray(keys))  # legacy raw uint32 keys
 
 
 def _inertia(x: np.ndarray, labels: np.ndarray, k: int) -> float:
