@@ -146,6 +146,17 @@ def test_fold_is_deterministic_pure_and_rebuilds(small_model):
     assert all(t >= 0 for t in group_seconds) and sum(group_seconds) <= b.report["seconds"] + 1e-3
 
 
+@pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey, lambda s: jax.random.key(s, impl="rbg")])
+def test_group_i_clusters_with_fold_in_key_i(make_key):
+    """The documented keys (group i: fold_in(key, i)), built up front from host data for typed, legacy and rbg keys."""
+    from jaxfold.fold import _group_keys
+
+    key = make_key(11)
+    bits = lambda k: np.asarray(jax.random.key_data(k) if jnp.issubdtype(k.dtype, jax.dtypes.prng_key) else k)
+    for i, k in enumerate(_group_keys(key, 4)):
+        np.testing.assert_array_equal(bits(k), bits(jax.random.fold_in(key, i)))
+
+
 def test_merge_is_mean_for_producers_and_sum_for_consumers():
     cfg = models.mlp(in_channels=1, image_size=2, width=3 / 512, depth=1)  # 4 inputs → 3 hidden → 10
     variables = _random_variables(cfg)
