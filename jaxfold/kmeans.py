@@ -221,29 +221,28 @@ def _pick(take: jax.Array, order: jax.Array, moves: int) -> jax.Array:
     return jnp.where(take[picked], picked, take.shape[0])
 
 
-def _same_cluster_sums_scatter(same: jax.Array, on: jax.Array, sign: jax.Array, gi: jax.Array) -> jax.Array:
+def _same_cluster_sums_scatter(same: jax.Array, slot: jax.Array, sign: jax.Array, gi: jax.Array) -> jax.Array:
     """:func:`_same_cluster_sums` as a scatter-add into one slot per touched cluster (its first part), O(m·n)."""
     m2 = same.shape[0]
-    first = jnp.argmax(same, axis=1)  # the first part in p's cluster (p itself or earlier)
-    slot = jnp.where(on, first, m2)  # parts off the batch: dropped
-    sums = jax.ops.segment_sum(sign[:, None] * jnp.concatenate([gi, gi]), slot, num_segments=m2)
+    sums = jax.ops.segment_sum(sign[:, None] * jnp.concatenate([gi, gi]), slot, num_segments=m2)  # slot 2m: dropped
     return sums[jnp.minimum(slot, m2 - 1)]
 
 
-def _same_cluster_sums_matmul(same: jax.Array, on: jax.Array, sign: jax.Array, gi: jax.Array) -> jax.Array:
+def _same_cluster_sums_matmul(same: jax.Array, slot: jax.Array, sign: jax.Array, gi: jax.Array) -> jax.Array:
     """:func:`_same_cluster_sums` as the (2m, 2m) same-cluster matrix times the parts' rows, O(m²·n)."""
-    del on  # same[p, q] is False whenever p or q is off the batch
+    del slot  # same[p, q] already says which parts share a cluster (False whenever p or q is off the batch)
     return _dot(jnp.where(same, sign[None, :], 0.0), jnp.concatenate([gi, gi]))
 
 
-def _same_cluster_sums(same: jax.Array, on: jax.Array, sign: jax.Array, gi: jax.Array) -> jax.Array:
-    """(2m, n): for every part p, Σ sign_q·x_q·x_l over the parts q that touch p's cluster (``same[p, q]``); ``gi``
-    holds the m moved rows' rows of G, shared by their leaving and entering parts.
+def _same_cluster_sums(same: jax.Array, slot: jax.Array, sign: jax.Array, gi: jax.Array) -> jax.Array:
+    """(2m, n): for every part p, Σ sign_q·x_q·x_l over the parts q that touch p's cluster (``same[p, q]``; ``slot[p]``
+    is the first such part, 2m for parts off the batch); ``gi`` holds the m moved rows' rows of G, shared by their
+    leaving and entering parts.
 
     A scatter-add on CPU: the matmul is O(m²·n), 41 GFLOP a round at n = 11,008 (a LLaMA-7B MLP group), most of
     the round's time there. The matmul elsewhere: fast on accelerators, and bit-reproducible (GPU scatter-adds are
     atomic)."""
-    return jax.lax.platform_dependent(same, on, sign, gi, cpu=_same_cluster_sums_scatter,
+    return jax.lax.platform_dependent(same, slot, sign, gi, cpu=_same_cluster_sums_scatter,
                                       default=_same_cluster_sums_matmul)
 
 
@@ -277,9 +276,9 @@ def _batch_moves(picked, labels, target, counts, sq, cx, cc, data, gram: bool):
     delta = jnp.sum(jnp.where(on, sign * _pair_dist(sq, cx, cc, part, rows), 0.0)) - jnp.sum(pair / left)
     fits = jnp.all(~on | (new_counts[part] >= 1))
     # the touched clusters' new statistics, written by the first part of each (the others would write the same)
-    earlier = jnp.arange(2 * m)[None, :] < jnp.arange(2 * m)[:, None]
-    writer = on & ~jnp.any(same & earlier, axis=1)
-    shift = _same_cluster_sums(same, on, sign, gi)  # Σ_S x·x_l − Σ_R x·x_l
+    first = jnp.argmax(same, axis=1)  # the first part touching p's cluster: p itself for that first part
+    writer = on & (first == jnp.arange(2 * m))
+    shift = _same_cluster_sums(same, jnp.where(on, first, 2 * m), sign, gi)  # Σ_S x·x_l − Σ_R x·x_l
     new_cx = (counts[part][:, None] * cx[part] + shift) / left[:, None]
     cy = jnp.sum(jnp.where(same, sign[None, :] * (cxp - cc[part][:, None]), 0.0), axis=1)  # c·(Σ_S y − Σ_R y)
     norm = jnp.sum(jnp.where(same, pair[None, :], 0.0), axis=1)

@@ -295,8 +295,9 @@ def test_same_cluster_sums_scatter_equals_matmul():
     same = (part[:, None] == part[None, :]) & on[:, None] & on[None, :]
     sign = jnp.concatenate([-jnp.ones(m), jnp.ones(m)])
     gi = jnp.asarray(rng.standard_normal((m, n)), jnp.float32)
-    a = np.asarray(_same_cluster_sums_scatter(same, on, sign, gi))[np.asarray(on)]
-    b = np.asarray(_same_cluster_sums_matmul(same, on, sign, gi))[np.asarray(on)]
+    slot = jnp.asarray([min(np.flatnonzero(row)) if row.any() else 2 * m for row in np.asarray(same)])
+    a = np.asarray(_same_cluster_sums_scatter(same, slot, sign, gi))[np.asarray(on)]
+    b = np.asarray(_same_cluster_sums_matmul(same, slot, sign, gi))[np.asarray(on)]
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
     g2, s = np.concatenate([np.asarray(gi)] * 2), np.asarray(sign)
     p0 = int(np.flatnonzero(np.asarray(on))[0])
