@@ -7,11 +7,12 @@ Width 0.125 (stream widths 8/16/32/64) is the widest whose training fits ~45 min
     jaxfold train --config configs/resnet18_fmnist.py --workdir workdirs/resnet18_fmnist
     jaxfold fold --config configs/resnet18_fmnist.py --workdir workdirs/resnet18_fmnist_fold45 \
         --config.fold.ratio=0.45
+    jaxfold sweep --config configs/resnet18_fmnist.py:clustering --workdir workdirs/clustering_resnet18_fmnist
 """
 
 import ml_collections
 
-from jaxfold.sweep import cv_sweep_section
+from jaxfold.sweep import CLUSTERING_VARIANTS, cv_sweep_section
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -33,6 +34,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.sweep.variants = ("fold:none", "fold:fold_ar", "fold:repair", "sp_l2:none", "sp_l2:repair")
         c.sweep.ratios = (0.1, 0.25, 0.45)
         c.sweep.variance_ratio_at = (0.45,)
+    if arg == "clustering":  # the paper's clustering ablation (Fig. 3): each clusterer's folds, repaired with data
+        c.sweep.variants = CLUSTERING_VARIANTS
+        c.sweep.variance_ratio_at = ()
     if arg == "tiny":  # seconds-long smoke run for tests
         c.model.width = 0.0625
         c.train.epochs = 1

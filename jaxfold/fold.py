@@ -21,38 +21,10 @@ import numpy as np
 import scipy.sparse
 
 from jaxfold import tree as tree_lib
-from jaxfold.kmeans import kmeans_labels
+from jaxfold.clustering import Clusterer, get_clusterer, ward_clusterer  # noqa: F401 (re-exported)
 from jaxfold.spec import FoldSpec, Group
 
-Clusterer = Callable[[jax.Array, int, jax.Array], Any]  # (features (n, d), k, key) -> labels (n,)
 Plan = float | Mapping[str, float] | Callable[[str, int], int]
-
-
-# --- clusterers ---------------------------------------------------------------------------------------------------
-def kmeans_clusterer(n_init: int = 10, max_iter: int = 300) -> Clusterer:
-    return lambda x, k, key: kmeans_labels(x, k, key=key, n_init=n_init, max_iter=max_iter)
-
-
-def ward_clusterer(x: jax.Array, k: int, key: jax.Array) -> np.ndarray:
-    """Ward agglomerative clustering (the official LLM code's choice), via scikit-learn; deterministic."""
-    del key
-    try:
-        from sklearn.cluster import AgglomerativeClustering
-    except ImportError as e:
-        raise ImportError("the 'ward' clusterer needs scikit-learn: pip install scikit-learn") from e
-    return AgglomerativeClustering(n_clusters=k, linkage="ward").fit_predict(np.asarray(x, np.float64))
-
-
-CLUSTERERS: dict[str, Callable[..., Clusterer]] = {"kmeans": kmeans_clusterer, "ward": lambda **_: ward_clusterer}
-
-
-def get_clusterer(clusterer: str | Clusterer, **options: Any) -> Clusterer:
-    if callable(clusterer):
-        return clusterer
-    if clusterer not in CLUSTERERS:
-        raise ValueError(f"unknown clusterer {clusterer!r}; known: {sorted(CLUSTERERS)} (or pass a function "
-                         "(features, k, key) -> labels)")
-    return CLUSTERERS[clusterer](**options)
 
 
 # --- plans --------------------------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from jaxfold import __version__
 from jaxfold.baselines import BASELINES
+from jaxfold.clustering import CLUSTERERS
 from jaxfold.compress import CompressedModel, correct, fold_model
 from jaxfold.corrections import get_correction
 from jaxfold.data.pipeline import normalize, subset_batches
@@ -58,7 +59,9 @@ LM_METHODS = ("fold", "magnitude", "wanda_sp")
 
 def grid(sweep: ml_collections.ConfigDict, language_model: bool = False) -> list[Point]:
     """The sweep's points, validated: ``variants`` are "method:correction" pairs (image models) or
-    "method:schedule" pairs (language models; ``ratios`` are then target fractions of parameters removed)."""
+    "method:schedule" pairs (language models; ``ratios`` are then target fractions of parameters removed).
+    An image model's fold may name its clusterer, "fold/<clusterer>:correction" (plain "fold" is k-means), for
+    the clustering ablation (the paper's Fig. 3)."""
     if language_model:
         return _lm_grid(sweep)
     points = []
@@ -66,10 +69,14 @@ def grid(sweep: ml_collections.ConfigDict, language_model: bool = False) -> list
         method, sep, corr = str(variant).partition(":")
         if not sep:
             raise ValueError(f"sweep variant {variant!r} must look like method:correction, e.g. fold:fold_ar")
-        if method not in METHODS:
-            raise ValueError(f"sweep variant {variant!r}: unknown method {method!r}; valid: {list(METHODS)}")
+        base, slash, clusterer = method.partition("/")
+        if base not in METHODS:
+            raise ValueError(f"sweep variant {variant!r}: unknown method {base!r}; valid: {list(METHODS)}")
+        if slash and (base != "fold" or clusterer not in CLUSTERERS):
+            raise ValueError(f"sweep variant {variant!r}: only fold takes a clusterer (fold/<clusterer>, e.g. "
+                             f"fold/spectral:repair), one of {sorted(CLUSTERERS)}")
         fix = get_correction(corr)
-        if method != "fold" and fix.prepare is not None:
+        if base != "fold" and fix.prepare is not None:
             raise ValueError(f"sweep variant {variant!r}: {corr} changes what is clustered, so it only applies to "
                              "fold (use none or repair with baselines)")
         for ratio in sweep.ratios:
@@ -179,19 +186,21 @@ class _Runner:
         n = min(sc.variance_batch, len(self.data.test_images))
         self.probe = normalize(self.data.test_images[:n], self.data.mean, self.data.std)
         self.options = {k: v for k, v in sc.items() if k.startswith("di_")}
-        self._naive: dict[tuple[float, int], CompressedModel] = {}
+        self._naive: dict[tuple[float, int, str], CompressedModel] = {}
 
     def compress(self, p: Point) -> CompressedModel:
         key = jax.random.key(p.seed)
         fix = get_correction(p.correction)
-        if p.method == "fold" and fix.prepare is not None:
+        method, _, clusterer = p.method.partition("/")
+        options = dict(n_init=self.sweep.n_init, clusterer=clusterer or "kmeans")
+        if method == "fold" and fix.prepare is not None:
             return fold_model(self.model, self.variables, p.ratio, key, correction=fix, data=self.batches,
-                              correction_options=self.options, n_init=self.sweep.n_init)
-        if p.method == "fold":
-            if (p.ratio, p.seed) not in self._naive:
-                self._naive = {(p.ratio, p.seed): fold_model(self.model, self.variables, p.ratio, key,
-                                                             n_init=self.sweep.n_init)}
-            base = self._naive[(p.ratio, p.seed)]
+                              correction_options=self.options, **options)
+        if method == "fold":
+            shared = (p.ratio, p.seed, options["clusterer"])
+            if shared not in self._naive:
+                self._naive = {shared: fold_model(self.model, self.variables, p.ratio, key, **options)}
+            base = self._naive[shared]
         else:
             t0 = time.perf_counter()
             base = BASELINES[p.method](self.model, self.variables, p.ratio)
@@ -394,6 +403,9 @@ def summary_table(records: Iterable[dict[str, Any]]) -> str:
 
 PAPER_CV_VARIANTS = ("fold:none", "fold:fold_ar", "fold:fold_ar_fused", "fold:fold_dir", "fold:repair", "sp_l1:none",
                      "sp_l2:none", "sp_l2:repair", "ifm:none")
+# The paper's Fig. 3: k-means against the other clusterers, and iterative greedy merging (IFM), all with REPAIR
+CLUSTERING_VARIANTS = ("fold:repair", "fold/spectral:repair", "fold/ward:repair", "fold/single:repair",
+                       "fold/complete:repair", "fold/average:repair", "ifm:repair")
 PAPER_CV_RATIOS = (0.05, 0.1, 0.15, 0.25, 0.35, 0.45, 0.5, 0.55, 0.65, 0.75)
 
 

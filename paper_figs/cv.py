@@ -1,5 +1,6 @@
-"""The paper's CV figures from a sweep's results.jsonl: accuracy vs parameter sparsity per method (Fig. 5/6),
-the per-layer variance ratio at one channel ratio (Fig. 4), and the markdown table.
+"""The paper's CV figures from a sweep's results.jsonl: accuracy vs parameter sparsity per method (Fig. 5/6, and
+per clusterer for the clustering ablation, Fig. 3), the per-layer variance ratio at one channel ratio (Fig. 4), and
+the markdown table.
 
     python paper_figs/cv.py workdirs/sweep_resnet18_fmnist --out docs/figures/resnet18_fmnist
 writes <out>_accuracy.png, <out>_variance_ratio.png, <out>_table.md and <out>_timings.md.
@@ -28,8 +29,14 @@ LABELS = {"fold:none": "Fold-Naive", "fold:fold_ar": "Fold-AR", "fold:fold_dir":
 STYLE = {"fold": "-o", "sp_l1": "--s", "sp_l2": "--^", "ifm": ":d"}
 
 
-def _label(variant: str) -> str:
-    return LABELS.get(variant, variant)
+def _label(variant: str, ablation: bool = False) -> str:
+    """The paper's name; a fold with a named clusterer (the clustering ablation, Fig. 3) adds it: "Fold-R, ward",
+    and in an ablation plain folds say they are k-means."""
+    method, _, correction = variant.partition(":")
+    base, _, clusterer = method.partition("/")
+    clusterer = clusterer or ("kmeans" if ablation and base == "fold" else "")
+    name = LABELS.get(f"{base}:{correction}", f"{base}:{correction}")
+    return f"{name}, {clusterer}" if clusterer else name
 
 
 def _png(fig: plt.Figure) -> bytes:
@@ -46,10 +53,11 @@ def accuracy_vs_sparsity(records: list[dict], title: str) -> bytes:
         if r["method"] != "dense":
             curves[f"{r['method']}:{r['correction']}"][r["ratio"]].append((r["param_sparsity"], r["value"]))
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    ablation = any("/" in variant.split(":")[0] for variant in curves)
     for variant, by_ratio in curves.items():
         pts = sorted((np.mean([s for s, _ in v]), 100 * np.mean([a for _, a in v])) for v in by_ratio.values())
         xs, ys = zip(*pts, strict=True)
-        ax.plot(xs, ys, STYLE.get(variant.split(":")[0], "-o"), label=_label(variant), markersize=4)
+        ax.plot(xs, ys, STYLE.get(variant.split(":")[0], "-o"), label=_label(variant, ablation), markersize=4)
     if dense:
         ax.axhline(100 * dense["value"], color="k", lw=0.8, ls="--", label="dense")
     ax.axhline(10, color="gray", lw=0.6, ls=":", label="chance")

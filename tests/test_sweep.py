@@ -73,9 +73,13 @@ def test_shards_split_the_grid_and_a_different_config_is_refused(sweep_config, t
 def test_bad_variants_are_clear_errors():
     base = ml_collections.ConfigDict(dict(variants=("fold:none",), ratios=(0.5,), seeds=(0,)))
     for variant, message in [("fold", "method:correction"), ("prune:none", "unknown method 'prune'"),
-                             ("fold:fold_xx", "unknown correction"), ("sp_l2:fold_ar", "only applies to fold")]:
+                             ("fold:fold_xx", "unknown correction"), ("sp_l2:fold_ar", "only applies to fold"),
+                             ("fold/dbscan:none", "only fold takes a clusterer.*'spectral'"),
+                             ("sp_l2/ward:none", "only fold takes a clusterer")]:
         with pytest.raises(ValueError, match=message):
             grid(apply_overrides(base, [f"variants={variant}"]))
+    points = grid(apply_overrides(base, ["variants=fold/spectral:repair,fold:repair"]))
+    assert [p.id for p in points] == ["fold/spectral:repair:0.5:0", "fold:repair:0.5:0"]
 
 
 def test_cli_sweep_and_figures(sweep_config, tmp_path, capsys):
@@ -84,10 +88,16 @@ def test_cli_sweep_and_figures(sweep_config, tmp_path, capsys):
     config_file = tmp_path / "sweep_config.py"
     config_file.write_text(f"import ml_collections\ndef get_config():\n"
                            f"    return ml_collections.ConfigDict({sweep_config.to_dict()!r})\n")
+    pytest.importorskip("sklearn")  # the ward clusterer
     code = cli.main(["sweep", "--config", str(config_file), "--workdir", str(tmp_path / "wd"),
-                     "--config.sweep.variants=fold:none,fold:fold_ar", "--config.sweep.ratios=0.5"])
-    assert code == 0 and '"points": 3' in capsys.readouterr().out
-    assert len(read_results(tmp_path / "wd")) == 3
+                     "--config.sweep.variants=fold:none,fold:fold_ar,fold/ward:none", "--config.sweep.ratios=0.5"])
+    assert code == 0 and '"points": 4' in capsys.readouterr().out
+    records = {r["id"]: r for r in read_results(tmp_path / "wd")}
+    assert len(records) == 4 and records["fold/ward:none:0.5:0"]["method"] == "fold/ward"
+    ward, kmeans = records["fold/ward:none:0.5:0"], records["fold:none:0.5:0"]
+    assert ward["param_sparsity"] == kmeans["param_sparsity"] and ward["loss"] != kmeans["loss"]  # other clusters
+    assert cv._label("fold/ward:repair") == "Fold-R, ward" and cv._label("fold:repair") == "Fold-R"
+    assert cv._label("fold:repair", ablation=True) == "Fold-R, kmeans"
     assert cv.main([str(tmp_path / "wd"), "--out", str(tmp_path / "figs" / "mlp")]) == 0
     assert {p.name for p in (tmp_path / "figs").iterdir()} == {"mlp_accuracy.png", "mlp_table.md",
                                                                "mlp_variance_ratio.png", "mlp_timings.md"}
