@@ -15,8 +15,9 @@ import jax
 import numpy as np
 
 from jaxfold import tree as tree_lib
+from jaxfold.clustering import Clusterer
 from jaxfold.corrections import Batches, Correction, CorrectionContext, get_correction
-from jaxfold.fold import Clusterer, Plan, fold
+from jaxfold.fold import Plan, fold
 from jaxfold.models.base import ModelConfig
 
 

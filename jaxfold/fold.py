@@ -21,7 +21,7 @@ import numpy as np
 import scipy.sparse
 
 from jaxfold import tree as tree_lib
-from jaxfold.clustering import Clusterer, get_clusterer, ward_clusterer  # noqa: F401 (re-exported)
+from jaxfold.clustering import Clusterer, get_clusterer
 from jaxfold.spec import FoldSpec, Group
 
 Plan = float | Mapping[str, float] | Callable[[str, int], int]
