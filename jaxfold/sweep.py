@@ -75,6 +75,8 @@ def grid(sweep: ml_collections.ConfigDict, language_model: bool = False) -> list
         if slash and (base != "fold" or clusterer not in CLUSTERERS):
             raise ValueError(f"sweep variant {variant!r}: only fold takes a clusterer (fold/<clusterer>, e.g. "
                              f"fold/spectral:repair), one of {sorted(CLUSTERERS)}")
+        if clusterer == "kmeans":  # one name per fold, so one point id per result
+            raise ValueError(f"sweep variant {variant!r}: plain fold clusters with k-means; write fold:{corr}")
         fix = get_correction(corr)
         if base != "fold" and fix.prepare is not None:
             raise ValueError(f"sweep variant {variant!r}: {corr} changes what is clustered, so it only applies to "
