@@ -4,11 +4,15 @@ group of n rows (what a fold pays once per distinct group width), its parts comp
 fused kernels XLA emits. Random data: compilation depends on shapes only.
 
     .venv/bin/python benchmarks/kmeans_compile.py [--n 64 512 1536]
+    .venv/bin/python benchmarks/kmeans_compile.py --n 512 --profile   # where one compilation's time goes
 """
 import argparse
+import collections
+import glob
 import importlib
 import json
 import re
+import tempfile
 import time
 
 import jax
@@ -46,13 +50,45 @@ def parts(n: int, n_init: int) -> dict:
     }
 
 
+def profile(n: int, n_init: int, top: int = 12) -> dict:
+    """A profiler trace of one compilation of the core: total seconds and event count per XLA compiler phase
+    (``FusionCompiler::Compile`` is one event per fused kernel). Events of parallel threads overlap."""
+    x = np.random.default_rng(0).standard_normal((n, 300)).astype(np.float32)
+    g, sq, var, _ = km._prepare_host(x)
+    k = np.int32(n // 2)
+    lowered = km._core.lower(g, sq, var, np.float32(1e-4), km._uniforms(jax.random.key(0), n_init, n), k,
+                             np.int32(km._trials(n // 2)), max_iter=300, gram=True)
+    from jaxlib import _profile_data  # the trace reader jax ships (private API: a benchmark's convenience)
+
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir)
+        t = time.perf_counter()
+        lowered.compile()
+        wall = time.perf_counter() - t
+        jax.profiler.stop_trace()
+        trace = _profile_data.ProfileData.from_file(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True)[0])
+    seconds, count = collections.Counter(), collections.Counter()
+    for plane in trace.planes:
+        for line in plane.lines:
+            for event in line.events:
+                if not event.name.startswith("$"):  # Python frames
+                    seconds[event.name] += event.duration_ns / 1e9
+                    count[event.name] += 1
+    return {"n": n, "compile_wall_s": round(wall, 3),
+            "phases": {name: {"s": round(s, 3), "events": count[name]} for name, s in seconds.most_common(top)}}
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--n", type=int, nargs="+", default=[64, 512])
     p.add_argument("--n-init", type=int, default=10)
+    p.add_argument("--profile", action="store_true", help="profile one compilation of the core per n instead")
     args = p.parse_args()
     for n in args.n:
-        print(json.dumps({"n": n, "n_init": args.n_init, **parts(n, args.n_init)}))
+        if args.profile:
+            print(json.dumps(profile(n, args.n_init)))
+        else:
+            print(json.dumps({"n": n, "n_init": args.n_init, **parts(n, args.n_init)}))
 
 
 if __name__ == "__main__":
