@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxfold.kmeans import kmeans_labels
+from jaxfold.kmeans import check_k, host_rng, kmeans_labels
 
 Clusterer = Callable[[jax.Array, int, jax.Array], Any]  # (features (n, d), k, key) -> labels (n,)
 
@@ -37,8 +37,7 @@ def _sklearn_cluster() -> Any:
 def _trivial(x: np.ndarray, k: int) -> np.ndarray | None:
     """Labels for k = 1 and k = n, which every method agrees on (and some sklearn estimators refuse)."""
     n = x.shape[0]
-    if not 1 <= k <= n:
-        raise ValueError(f"k must satisfy 1 <= k <= n (number of rows = {n}), got k={k}")
+    check_k(k, n)
     if k == 1:
         return np.zeros(n, np.int64)
     return np.arange(n) if k == n else None
@@ -63,12 +62,6 @@ def _agglomerative(linkage: str) -> Clusterer:
 ward_clusterer = _agglomerative("ward")
 
 
-def _key_seed(key: jax.Array) -> int:
-    """A 31-bit integer seed from a JAX key, for estimators that take a ``random_state``."""
-    data = np.asarray(jax.random.key_data(key) if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) else key)
-    return int(np.random.default_rng(data.ravel().tolist()).integers(2**31 - 1))
-
-
 def spectral_clusterer(x: Any, k: int, key: jax.Array) -> np.ndarray:
     """Spectral clustering (scikit-learn) on a Gaussian affinity exp(−||x_i − x_j||² / s), with s the median squared
     distance between distinct rows: weight scales differ by orders of magnitude between layers, and sklearn's fixed
@@ -81,7 +74,8 @@ def spectral_clusterer(x: Any, k: int, key: jax.Array) -> np.ndarray:
     dist = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0.0)
     off = dist[~np.eye(len(x), dtype=bool)]
     scale = np.median(off[off > 0]) if np.any(off > 0) else 1.0
-    model = _sklearn_cluster().SpectralClustering(n_clusters=k, affinity="precomputed", random_state=_key_seed(key),
+    seed = int(host_rng(key).integers(2**31 - 1))  # sklearn's random_state
+    model = _sklearn_cluster().SpectralClustering(n_clusters=k, affinity="precomputed", random_state=seed,
                                                   assign_labels="kmeans", n_init=10)
     return model.fit_predict(np.exp(-dist / scale))
 

@@ -393,11 +393,16 @@ def _core(data, sq, var, tol, u, k, trials, *, max_iter: int, gram: bool):
     return _canonical(refined), n_iter[best]
 
 
+def host_rng(key) -> np.random.Generator:
+    """A numpy generator seeded with a JAX key's bits (typed keys of any impl, or raw uint32 keys): host-side
+    randomness that is a function of the key, with nothing to compile."""
+    return np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel().tolist())
+
+
 def _uniforms(key: jax.Array, n_init: int, n: int) -> np.ndarray:
     """The k-means++ draws of every restart, (n_init, n, _trials(n)) in [0, 1), from the key on the host: a JAX
     generator inside the core would add ~0.8 s of compilation for every group width, for ~10⁴ numbers."""
-    seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
-    return np.random.default_rng(seed).random((n_init, n, _trials(n)), dtype=np.float32)
+    return host_rng(key).random((n_init, n, _trials(n)), dtype=np.float32)
 
 
 @jax.jit
@@ -431,6 +436,12 @@ def _check_finite(finite: np.ndarray) -> None:
         raise ValueError(f"x has NaN/inf values (as float32) in rows {bad[:10].tolist()}{more}")
 
 
+def check_k(k: int, n: int) -> None:
+    """Any clustering of n rows into k clusters needs 1 <= k <= n."""
+    if not 1 <= k <= n:
+        raise ValueError(f"k must satisfy 1 <= k <= n (number of rows = {n}), got k={k}")
+
+
 def _cluster(x, k: int, key: jax.Array, n_init: int, max_iter: int, tol: float, gram: bool | None):
     """Validate, then run the restarts; returns (x as float32, canonical labels, n_iter)."""
     use_gram = _use_gram(gram)
@@ -444,8 +455,7 @@ def _cluster(x, k: int, key: jax.Array, n_init: int, max_iter: int, tol: float, 
     n = x.shape[0]
     _check_finite(np.asarray(finite))
     k, n_init, max_iter = operator.index(k), operator.index(n_init), operator.index(max_iter)
-    if not 1 <= k <= n:
-        raise ValueError(f"k must satisfy 1 <= k <= n (number of rows = {n}), got k={k}")
+    check_k(k, n)
     if n_init < 1:
         raise ValueError(f"n_init must be >= 1, got {n_init}")
     if max_iter < 1:

@@ -23,6 +23,7 @@ import numpy as np
 
 from jaxfold.compress import CompressedModel, rebuild
 from jaxfold.fold import FoldResult, Plan, fold_with_partition
+from jaxfold.kmeans import check_k
 from jaxfold.models.base import ModelConfig
 from jaxfold.spec import FoldSpec, Group
 
@@ -46,8 +47,7 @@ def ifm_labels(x: Any, consumer: Any, k: int) -> np.ndarray:
     n = x.shape[0]
     if consumer.shape != (x.shape[1],):
         raise ValueError(f"consumer mask has shape {consumer.shape}, features have {x.shape[1]} columns")
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, {n}], got {k}")
+    check_k(k, n)
     if k == n:
         return np.arange(n)
     p, c = x[:, ~consumer], x[:, consumer]
