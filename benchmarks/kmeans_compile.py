@@ -32,18 +32,29 @@ def compile_seconds(fn, *args, **static) -> dict:
             "fusions": len(re.findall(r"= \S+ fusion\(", compiled.as_text()))}
 
 
+def core_args(x: np.ndarray, k: int, key, n_init: int) -> tuple:
+    """The positional arguments ``kmeans`` passes ``_core`` for host data x (Gram mode, sklearn's tol 1e-4)."""
+    g, sq, var, _ = km._prepare_host(x)
+    return (g, sq, var, np.float32(1e-4), km._uniforms(key, n_init, x.shape[0]), np.int32(k),
+            np.int32(km._trials(k)))
+
+
+def _random_core_args(n: int, n_init: int) -> tuple:
+    """Random data, k = n / 2: compilation depends on shapes only."""
+    x = np.random.default_rng(0).standard_normal((n, 300)).astype(np.float32)
+    return core_args(x, n // 2, jax.random.key(0), n_init)
+
+
 def parts(n: int, n_init: int) -> dict:
     """Compile the core and each of its stages alone (k and the trial count traced, as in the core)."""
-    x = np.random.default_rng(0).standard_normal((n, 300)).astype(np.float32)
-    g, sq, var, _ = km._prepare_host(x)
-    k, trials = np.int32(n // 2), np.int32(km._trials(n // 2))
-    u = km._uniforms(jax.random.key(0), n_init, n)
+    args = _random_core_args(n, n_init)
+    g, sq, _, _, u, k, trials = args
     seeding = jax.jit(lambda u, g, sq, k, t: jax.vmap(lambda d: km._kmeanspp(d, g, sq, k, t, True))(u))
     lloyd = jax.jit(lambda s, g, sq, k: jax.lax.map(
         lambda s1: km._lloyd(s1, g, sq, 1e-4, k, max_iter=300, gram=True), s))
     hartigan = jax.jit(lambda lab, g, sq, k: km._hartigan(lab, g, sq, jnp.arange(n) < k, True))
     return {
-        "core": compile_seconds(km._core, g, sq, var, np.float32(1e-4), u, k, trials, max_iter=300, gram=True),
+        "core": compile_seconds(km._core, *args, max_iter=300, gram=True),
         "seeding": compile_seconds(seeding, u, g, sq, k, trials),
         "lloyd": compile_seconds(lloyd, np.zeros((n_init, n), np.int32), g, sq, k),
         "hartigan": compile_seconds(hartigan, np.zeros(n, np.int32), g, sq, k),
@@ -53,11 +64,7 @@ def parts(n: int, n_init: int) -> dict:
 def profile(n: int, n_init: int, top: int = 12) -> dict:
     """A profiler trace of one compilation of the core: total seconds and event count per XLA compiler phase
     (``FusionCompiler::Compile`` is one event per fused kernel). Events of parallel threads overlap."""
-    x = np.random.default_rng(0).standard_normal((n, 300)).astype(np.float32)
-    g, sq, var, _ = km._prepare_host(x)
-    k = np.int32(n // 2)
-    lowered = km._core.lower(g, sq, var, np.float32(1e-4), km._uniforms(jax.random.key(0), n_init, n), k,
-                             np.int32(km._trials(n // 2)), max_iter=300, gram=True)
+    lowered = km._core.lower(*_random_core_args(n, n_init), max_iter=300, gram=True)
     from jaxlib import _profile_data  # the trace reader jax ships (private API: a benchmark's convenience)
 
     with tempfile.TemporaryDirectory() as trace_dir:

@@ -18,6 +18,7 @@ import time
 
 import jax
 import numpy as np
+from kmeans_compile import core_args  # benchmarks/ is on sys.path when a script there runs
 
 from jaxfold import models, schedules
 from jaxfold.fold import fold
@@ -64,11 +65,7 @@ def main() -> None:
     p.add_argument("--n-init", type=int, default=10)
     args = p.parse_args()
     options = {k: _value(v) for k, v in (o.split("=", 1) for o in args.options)}
-    inputs = []
-    for x, k, key in recorded_groups(args.model):
-        g, sq, var, _ = km._prepare_host(x)
-        inputs.append((g, sq, var, np.float32(1e-4), km._uniforms(key, args.n_init, x.shape[0]), np.int32(k),
-                       np.int32(km._trials(k))))
+    inputs = [core_args(x, k, key, args.n_init) for x, k, key in recorded_groups(args.model)]
     executables, compile_s = {}, {"default": 0.0, "options": 0.0}
 
     def executable(which: str, a: tuple):
