@@ -232,8 +232,7 @@ def fold(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, key: jax.Arra
     ``clusterer`` is 'kmeans' (default), 'ward', or any function (features, k, key) -> labels; group i clusters
     with ``fold_in(key, i)``. See :func:`fold_with_partition` for ``cluster_on`` and the k = n identity.
     """
-    options = {"n_init": n_init, "max_iter": max_iter} if clusterer == "kmeans" else {}
-    cluster = get_clusterer(clusterer, **options)
+    cluster = get_clusterer(clusterer, n_init=n_init, max_iter=max_iter)  # only k-means uses them
     group_keys = _group_keys(key, len(spec.groups))
 
     def partition(x: Any, group: Group, flat: Mapping[str, Any], k: int, index: int) -> Any:
