@@ -41,6 +41,7 @@ def _cmd_fold(args: argparse.Namespace, overrides: list[str]) -> int:
     import jax
 
     from jaxfold import config as config_lib
+    from jaxfold.clustering import CLUSTERERS
     from jaxfold.compress import fold_model
     from jaxfold.eval.classification import evaluate_model
     from jaxfold.files import write_json_atomic
@@ -51,6 +52,9 @@ def _cmd_fold(args: argparse.Namespace, overrides: list[str]) -> int:
     if "fold" not in config:
         raise ValueError(f"{args.config} has no `fold` section (checkpoint, ratio, clusterer, n_init, seed)")
     fc = config.fold
+    if fc.clusterer not in CLUSTERERS:  # before the checkpoint is read; a function can only come from Python
+        raise ValueError(f"unknown clusterer {fc.clusterer!r}: set --config.fold.clusterer to one of "
+                         f"{sorted(CLUSTERERS)}")
     variables, model_cfg, meta = checkpoint.restore(fc.checkpoint)
     folded = fold_model(model_cfg, variables, fc.ratio, jax.random.key(fc.seed), clusterer=fc.clusterer,
                         n_init=fc.n_init, max_iter=fc.max_iter)

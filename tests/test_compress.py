@@ -45,3 +45,12 @@ def test_cli_fold_bad_ratio_is_a_clear_error(tmp_path, capsys):
                      f"--config.fold.checkpoint={tmp_path / 'trained'}", "--config.fold.ratio=1.0"])
     assert code == 2 and "channel ratio must be in [0, 1)" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_cli_fold_unknown_clusterer_names_the_valid_ones(tmp_path, capsys):
+    code = cli.main(["fold", "--config", "configs/resnet18_fmnist.py", "--workdir", str(tmp_path / "w"),
+                     f"--config.fold.checkpoint={tmp_path / 'missing'}", "--config.fold.clusterer=dbscan"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown clusterer 'dbscan': set --config.fold.clusterer to one of ['average'" in err
+    assert "function" not in err  # only the Python API takes one
+    assert not (tmp_path / "w").exists()
