@@ -146,6 +146,26 @@ def test_fold_is_deterministic_pure_and_rebuilds(small_model):
     assert all(t >= 0 for t in group_seconds) and sum(group_seconds) <= b.report["seconds"] + 1e-3
 
 
+def test_device_resident_variables_fold_like_host_ones(monkeypatch):
+    """On an accelerator the variables stay on the device (features, merges and checks in jax.numpy, merges as
+    segment sums); CPU runs convert them to numpy first. Forcing the device form on CPU gives the same fold."""
+    import importlib
+
+    fold_module = importlib.import_module("jaxfold.fold")  # the module (the package's `fold` is the function)
+    cfg = CONFIGS["resnet18"]
+    variables = _random_variables(cfg)
+    host = fold(variables, cfg.fold_spec(), 0.5, jax.random.key(3), n_init=2)
+    monkeypatch.setattr(fold_module, "_on_host", lambda array: array)
+    device = fold(variables, cfg.fold_spec(), 0.5, jax.random.key(3), n_init=2)
+    assert all(isinstance(a, jax.Array) for a in tree.flatten(device.variables).values())
+    assert device.widths == host.widths
+    for path, x in tree.flatten(host.variables).items():
+        np.testing.assert_allclose(np.asarray(tree.get(device.variables, path)), np.asarray(x), rtol=1e-5,
+                                   atol=1e-6, err_msg=path)
+    inertia = lambda result: [g["inertia"] for g in result.report["groups"]]
+    assert inertia(device) == pytest.approx(inertia(host), rel=1e-5)
+
+
 @pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey, lambda s: jax.random.key(s, impl="rbg")])
 def test_group_i_clusters_with_fold_in_key_i(make_key):
     """The documented keys (group i: fold_in(key, i)), built up front from host data for typed, legacy and rbg keys."""

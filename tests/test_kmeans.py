@@ -303,3 +303,28 @@ def test_same_cluster_sums_scatter_equals_matmul():
     p0 = int(np.flatnonzero(np.asarray(on))[0])
     expect = sum(s[q] * g2[q] for q in range(2 * m) if bool(same[p0, q]))
     np.testing.assert_allclose(a[0], expect, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(("x", "k"), [(_gaussian(80, 12), 57), (_blobs(64, 300, 20), 5)], ids=["80x12k57", "64x300k5"])
+def test_accelerator_branches_cluster_like_the_cpu_ones(monkeypatch, x, k):
+    """The accelerator forms (one-hot matmuls instead of scatter-adds, the jitted Gram product instead of numpy's),
+    which CPU runs never take, give the CPU path's clustering: every `platform_dependent` forced to its default
+    branch and the data treated as device-resident."""
+    import importlib
+
+    km = importlib.import_module("jaxfold.kmeans")  # the module (the package's `kmeans` is the function)
+    cpu = km.kmeans(x, k, key=KEY, n_init=4)
+
+    def default_branch(*args, default, **branches):
+        del branches
+        return default(*args)
+
+    monkeypatch.setattr(jax.lax, "platform_dependent", default_branch)
+    monkeypatch.setattr(km, "_host_resident", lambda x: False)
+    jax.clear_caches()  # traces are cached per function: re-trace with the default branches ...
+    try:
+        forced = km.kmeans(x, k, key=KEY, n_init=4)
+    finally:
+        jax.clear_caches()  # ... and drop them, so no later test runs them on CPU
+    np.testing.assert_array_equal(np.asarray(forced.labels), np.asarray(cpu.labels))
+    np.testing.assert_allclose(float(forced.inertia), float(cpu.inertia), rtol=1e-5)
