@@ -170,6 +170,22 @@ def test_prune_keeps_the_largest_rows_in_order_and_only_gathers():
     assert [g["k"] for g in result.report["groups"]] == [16, 8, 16]
 
 
+def test_pruned_accelerator_variables_come_back_on_the_device(monkeypatch):
+    """Small accelerator leaves are pruned on the host (no compilation per k) and put back: jax arrays out, the same
+    values, untouched leaves the original arrays (simulated: CPU arrays taken for device ones)."""
+    import importlib
+
+    cfg, variables = CONFIGS["mlp"], _random_variables("mlp")
+    host = prune(variables, cfg.fold_spec(), {"hidden1": 0.5})
+    monkeypatch.setattr(importlib.import_module("jaxfold.fold"), "_on_cpu", lambda array: False)
+    device = prune(variables, cfg.fold_spec(), {"hidden1": 0.5})
+    before, after = tree.flatten(variables), tree.flatten(device.variables)
+    for path, x in tree.flatten(host.variables).items():
+        assert isinstance(after[path], jax.Array), path
+        np.testing.assert_array_equal(np.asarray(after[path]), np.asarray(x), err_msg=path)
+    assert after["params/fc0/kernel"] is before["params/fc0/kernel"]  # not in the pruned group
+
+
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_sizes_equal_foldings_at_the_same_ratio(name):
     cfg, variables = CONFIGS[name], _random_variables(name)

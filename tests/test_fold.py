@@ -146,24 +146,38 @@ def test_fold_is_deterministic_pure_and_rebuilds(small_model):
     assert all(t >= 0 for t in group_seconds) and sum(group_seconds) <= b.report["seconds"] + 1e-3
 
 
-def test_device_resident_variables_fold_like_host_ones(monkeypatch):
-    """On an accelerator the variables stay on the device (features, merges and checks in jax.numpy, merges as
-    segment sums); CPU runs convert them to numpy first. Forcing the device form on CPU gives the same fold."""
+@pytest.mark.parametrize("staging_bytes", [0, None], ids=["merged-on-device", "staged-on-host"])
+def test_accelerator_variables_fold_like_host_ones_and_stay_on_device(monkeypatch, caplog, staging_bytes):
+    """Variables on an accelerator (simulated: CPU arrays taken for device ones) fold to the host fold's values and
+    come back as device arrays. Leaves up to HOST_STAGING_BYTES are merged on the host and put back, so a fold at a
+    new ratio compiles nothing; larger ones are merged on the device (jax.numpy features, segment-sum merges)."""
     import importlib
+    import logging
 
     fold_module = importlib.import_module("jaxfold.fold")  # the module (the package's `fold` is the function)
     cfg = CONFIGS["resnet18"]
     variables = _random_variables(cfg)
     host = fold(variables, cfg.fold_spec(), 0.5, jax.random.key(3), n_init=2)
-    monkeypatch.setattr(fold_module, "_on_host", lambda array: array)
+    monkeypatch.setattr(fold_module, "_on_cpu", lambda array: False)
+    if staging_bytes is not None:
+        monkeypatch.setattr(fold_module, "HOST_STAGING_BYTES", staging_bytes)
     device = fold(variables, cfg.fold_spec(), 0.5, jax.random.key(3), n_init=2)
-    assert all(isinstance(a, jax.Array) for a in tree.flatten(device.variables).values())
     assert device.widths == host.widths
+    flat_before = tree.flatten(variables)
     for path, x in tree.flatten(host.variables).items():
-        np.testing.assert_allclose(np.asarray(tree.get(device.variables, path)), np.asarray(x), rtol=1e-5,
-                                   atol=1e-6, err_msg=path)
+        y = tree.get(device.variables, path)
+        assert isinstance(y, jax.Array), path
+        np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=1e-5, atol=1e-6, err_msg=path)
+        if staging_bytes is None:
+            np.testing.assert_array_equal(np.asarray(y), np.asarray(x), err_msg=path)  # the same host merge
+            if x.shape == flat_before[path].shape:  # left alone (k = n or not folded): the original array
+                assert y is flat_before[path], path
     inertia = lambda result: [g["inertia"] for g in result.report["groups"]]
     assert inertia(device) == pytest.approx(inertia(host), rel=1e-5)
+    with caplog.at_level(logging.WARNING), jax.log_compiles():  # another ratio
+        fold(variables, cfg.fold_spec(), 0.25, jax.random.key(3), n_init=2)
+    compiled = [m for m in caplog.messages if "Finished XLA compilation" in m]
+    assert (len(compiled) == 0) == (staging_bytes is None), compiled[:3]
 
 
 @pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey, lambda s: jax.random.key(s, impl="rbg")])

@@ -18,7 +18,7 @@ import numpy as np
 
 from jaxfold import tree as tree_lib
 from jaxfold.compress import CompressedModel, rebuild
-from jaxfold.fold import Plan, checked_inputs, group_features, size_report
+from jaxfold.fold import Plan, checked_inputs, group_features, placed_like, size_report
 from jaxfold.models.base import ModelConfig
 from jaxfold.spec import FoldSpec, Group
 
@@ -95,7 +95,7 @@ def prune(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, *, norm: int
         n, k = widths[group.name], ks[group.name]
         if k != n:
             new_flat = take_channels(new_flat, group, keeps[group.name], n)
-    new_variables = tree_lib.unflatten(new_flat)
+    new_variables = tree_lib.unflatten(placed_like(new_flat, flat, tree_lib.flatten(variables)))
     report = {"method": f"sp_l{norm}", "groups": groups_report, **size_report(variables, new_variables),
               "seconds": round(time.perf_counter() - t_start, 4)}
     return PruneResult(new_variables, ks, channel_map, report)
