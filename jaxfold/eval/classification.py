@@ -34,6 +34,7 @@ def evaluate(apply_fn: ApplyFn, variables: Any, images: np.ndarray, labels: np.n
 
     ``apply_fn`` should be a stable object (e.g. a module's bound method stored once) so the cache hits.
     """
+    variables = jax.device_put(variables)  # once, not with every batch (numpy leaves would be copied each call)
     totals = jnp.zeros(3)
     for x, y, mask in prefetch(eval_batches(images, labels, batch_size, mean=mean, std=std)):
         totals = totals + _batch_sums(apply_fn, variables, x, y, mask)

@@ -62,6 +62,7 @@ def _bucket(n: int) -> int:
 def evaluate_multiple_choice(logits_fn: Any, variables: Any, encode: Encode,
                              examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """``{'acc', 'acc_norm', 'examples'}`` over ``examples`` (see the module docstring)."""
+    variables = jax.device_put(variables)  # once, not with every choice (numpy leaves would be copied each call)
     correct = correct_norm = 0
     for ex in examples:
         context = list(encode(ex["context"]))

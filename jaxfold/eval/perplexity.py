@@ -52,6 +52,7 @@ def perplexity(logits_fn: LogitsFn, variables: Any, token_ids: np.ndarray, seqle
         if max_windows < 1:
             raise ValueError(f"max_windows must be ≥ 1, got {max_windows}")
         w = w[:max_windows]
+    variables = jax.device_put(variables)  # once, not with every window (numpy leaves would be copied each call)
     t0 = time.perf_counter()
     total = jnp.zeros(())
     for start in range(0, len(w), batch_size):
