@@ -44,7 +44,7 @@ def _model(name: str, width: float):
 def run(mode: str, model: str, width: float) -> list[dict]:
     fold_module = importlib.import_module("jaxfold.fold")  # the package's `fold` is the function
     if mode != "host":
-        fold_module._on_cpu = lambda array: False  # take the CPU arrays for an accelerator's
+        fold_module.host_resident = lambda array: False  # take the CPU arrays for an accelerator's
     if mode == "device":
         fold_module.HOST_STAGING_BYTES = 0
     compiles: list[float] = []

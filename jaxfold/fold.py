@@ -22,6 +22,7 @@ import scipy.sparse
 
 from jaxfold import tree as tree_lib
 from jaxfold.clustering import Clusterer, get_clusterer
+from jaxfold.kmeans import host_resident
 from jaxfold.spec import FoldSpec, Group, Member
 
 Plan = float | Mapping[str, float] | Callable[[str, int], int]
@@ -62,10 +63,6 @@ def resolve_plan(plan: Plan, widths: Mapping[str, int]) -> dict[str, int]:
 HOST_STAGING_BYTES = 16 * 2**20
 
 
-def _on_cpu(array: jax.Array) -> bool:
-    return all(d.platform == "cpu" for d in array.devices())
-
-
 def _on_host(array: Any) -> Any:
     """The form a leaf is merged in. CPU-resident arrays become numpy (zero-copy). Accelerator-resident ones up to
     :data:`HOST_STAGING_BYTES` (not sharded) are copied to the host too: every device-side merge produces a new
@@ -74,7 +71,7 @@ def _on_host(array: Any) -> Any:
     (LLM weights) stay on their device, where merging them is worth a compilation."""
     if not isinstance(array, jax.Array):
         return array
-    if _on_cpu(array) or (array.sharding.is_fully_replicated and array.nbytes <= HOST_STAGING_BYTES):
+    if host_resident(array) or (array.sharding.is_fully_replicated and array.nbytes <= HOST_STAGING_BYTES):
         return np.asarray(array)
     return array
 
@@ -86,7 +83,7 @@ def placed_like(new_flat: Mapping[str, Any], staged: Mapping[str, Any], original
     out = dict(new_flat)
     for path, value in new_flat.items():
         before = original.get(path)
-        if isinstance(value, np.ndarray) and isinstance(before, jax.Array) and not _on_cpu(before):
+        if isinstance(value, np.ndarray) and isinstance(before, jax.Array) and not host_resident(before):
             out[path] = before if value is staged[path] else jax.device_put(value, before.sharding)
     return out
 

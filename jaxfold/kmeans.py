@@ -362,7 +362,8 @@ def _prepare_host(x: np.ndarray):
     return g, sq, np.float32(sq.sum(dtype=np.float64) / (n * d)), finite
 
 
-def _host_resident(x) -> bool:
+def host_resident(x) -> bool:
+    """Whether ``x`` lives in host memory: a numpy (or other non-JAX) array, or a JAX array on CPU devices."""
     return not isinstance(x, jax.Array) or all(device.platform == "cpu" for device in x.devices())
 
 
@@ -445,7 +446,7 @@ def check_k(k: int, n: int) -> None:
 def _cluster(x, k: int, key: jax.Array, n_init: int, max_iter: int, tol: float, gram: bool | None):
     """Validate, then run the restarts; returns (x as float32, canonical labels, n_iter)."""
     use_gram = _use_gram(gram)
-    if use_gram and _host_resident(x):
+    if use_gram and host_resident(x):
         x = np.asarray(x, np.float32)
         _check_shape(x)
         data, sq, var, finite = _prepare_host(x)

@@ -177,7 +177,7 @@ def test_pruned_accelerator_variables_come_back_on_the_device(monkeypatch):
 
     cfg, variables = CONFIGS["mlp"], _random_variables("mlp")
     host = prune(variables, cfg.fold_spec(), {"hidden1": 0.5})
-    monkeypatch.setattr(importlib.import_module("jaxfold.fold"), "_on_cpu", lambda array: False)
+    monkeypatch.setattr(importlib.import_module("jaxfold.fold"), "host_resident", lambda array: False)
     device = prune(variables, cfg.fold_spec(), {"hidden1": 0.5})
     before, after = tree.flatten(variables), tree.flatten(device.variables)
     for path, x in tree.flatten(host.variables).items():

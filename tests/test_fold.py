@@ -158,7 +158,7 @@ def test_accelerator_variables_fold_like_host_ones_and_stay_on_device(monkeypatc
     cfg = CONFIGS["resnet18"]
     variables = _random_variables(cfg)
     host = fold(variables, cfg.fold_spec(), 0.5, jax.random.key(3), n_init=2)
-    monkeypatch.setattr(fold_module, "_on_cpu", lambda array: False)
+    monkeypatch.setattr(fold_module, "host_resident", lambda array: False)
     if staging_bytes is not None:
         monkeypatch.setattr(fold_module, "HOST_STAGING_BYTES", staging_bytes)
     device = fold(variables, cfg.fold_spec(), 0.5, jax.random.key(3), n_init=2)

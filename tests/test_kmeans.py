@@ -320,7 +320,7 @@ def test_accelerator_branches_cluster_like_the_cpu_ones(monkeypatch, x, k):
         return default(*args)
 
     monkeypatch.setattr(jax.lax, "platform_dependent", default_branch)
-    monkeypatch.setattr(km, "_host_resident", lambda x: False)
+    monkeypatch.setattr(km, "host_resident", lambda x: False)
     jax.clear_caches()  # traces are cached per function: re-trace with the default branches ...
     try:
         forced = km.kmeans(x, k, key=KEY, n_init=4)
