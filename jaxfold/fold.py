@@ -76,16 +76,18 @@ def _on_host(array: Any) -> Any:
     return array
 
 
-def placed_like(new_flat: Mapping[str, Any], staged: Mapping[str, Any], original: Mapping[str, Any]
+def placed_like(variables: Mapping[str, Any], new_flat: Mapping[str, Any], staged: Mapping[str, Any]
                 ) -> dict[str, Any]:
-    """Leaves that :func:`_on_host` copied off an accelerator go back to its devices: untouched ones as the
-    original arrays, merged ones by a transfer to the original sharding (no compilation). CPU leaves stay numpy."""
+    """The compressed variables (nested) from their flat leaves, placed like ``variables``: leaves that
+    :func:`_on_host` copied off an accelerator (``staged``) go back to its devices, untouched ones as the original
+    arrays, merged ones by a transfer to the original sharding (no compilation). CPU leaves stay numpy."""
+    original = tree_lib.flatten(variables)
     out = dict(new_flat)
     for path, value in new_flat.items():
         before = original.get(path)
         if isinstance(value, np.ndarray) and isinstance(before, jax.Array) and not host_resident(before):
             out[path] = before if value is staged[path] else jax.device_put(value, before.sharding)
-    return out
+    return tree_lib.unflatten(out)
 
 
 def _xp(*arrays: Any) -> Any:
@@ -256,7 +258,7 @@ def fold_with_partition(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan
         n, k = widths[group.name], ks[group.name]
         if k != n:
             new_flat = merge_group(new_flat, group, labels[group.name], n, k)
-    new_variables = tree_lib.unflatten(placed_like(new_flat, flat, tree_lib.flatten(variables)))
+    new_variables = placed_like(variables, new_flat, flat)
     report = {"groups": groups_report, **size_report(variables, new_variables),
               "seconds": round(time.perf_counter() - t_start, 4)}
     return FoldResult(new_variables, ks, labels, report)

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from jaxfold import tree as tree_lib
 from jaxfold.compress import CompressedModel, rebuild
 from jaxfold.fold import Plan, checked_inputs, group_features, placed_like, size_report
 from jaxfold.models.base import ModelConfig
@@ -95,7 +94,7 @@ def prune(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, *, norm: int
         n, k = widths[group.name], ks[group.name]
         if k != n:
             new_flat = take_channels(new_flat, group, keeps[group.name], n)
-    new_variables = tree_lib.unflatten(placed_like(new_flat, flat, tree_lib.flatten(variables)))
+    new_variables = placed_like(variables, new_flat, flat)
     report = {"method": f"sp_l{norm}", "groups": groups_report, **size_report(variables, new_variables),
               "seconds": round(time.perf_counter() - t_start, 4)}
     return PruneResult(new_variables, ks, channel_map, report)
