@@ -128,6 +128,8 @@ class Group:
 class FoldSpec:
     """Groups of jointly folded axes, plus axes declared never to fold (inputs, class outputs, kernel windows).
 
+    ``reasons`` say why each unfoldable axis cannot fold (specs derived by tracing fill it in).
+
     ``norms`` pairs each producer module with the BatchNorm that normalises its output, as module paths under
     ``params`` (``("layer1_0/conv1", "layer1_0/bn1")``): corrections that fuse or re-estimate normalisation
     (Fold-AR, REPAIR) and the variance-ratio diagnostic read them.
@@ -136,6 +138,14 @@ class FoldSpec:
     groups: tuple[Group, ...]
     unfoldable: tuple[tuple[str, int], ...] = ()
     norms: tuple[tuple[str, str], ...] = ()
+    reasons: tuple[tuple[str, int, str], ...] = ()  # (path, axis, why it cannot fold), for derived specs
+
+    def reason(self, path: str, axis: int) -> str | None:
+        """Why ``path``'s ``axis`` is unfoldable, where the spec says (derived specs do for every such axis)."""
+        for p, a, why in self.reasons:
+            if (p, a) == (path, axis):
+                return why
+        return None
 
     def __post_init__(self) -> None:
         names = [g.name for g in self.groups]
