@@ -60,6 +60,12 @@ class ModelConfig:
         """Shape of one example (no batch axis): square NHWC images for every image model here."""
         return (self.image_size, self.image_size, self.in_channels)  # type: ignore[attr-defined]
 
+    def forward_inputs(self, batch_size: int = 1) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Abstract positional and static keyword arguments of an inference forward pass,
+        ``module().apply(variables, *args, **kwargs)``: what :mod:`jaxfold.measure` traces to count a model
+        without analytic counts. A model whose ``init`` takes other inputs overrides it with ``init``."""
+        return (jax.ShapeDtypeStruct((batch_size, *self.input_shape), jnp.float32),), {"train": False}
+
     def fold_spec(self) -> FoldSpec:
         """The architecture's fold spec (groups of jointly folded axes; see :mod:`jaxfold.spec`)."""
         raise NotImplementedError

@@ -133,6 +133,10 @@ class LlamaConfig(ModelConfig):
         variables = jax.jit(lambda k: module.init({"params": k}, ids))(rbg)
         return jax.tree.map(lambda a: a, dict(variables))
 
+    def forward_inputs(self, batch_size: int = 1) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """One token per sequence: counts per example are per token, attending to a context of 1."""
+        return (jax.ShapeDtypeStruct((batch_size, 1), jnp.int32),), {}
+
     def fold_spec(self) -> FoldSpec:
         return fold_spec(self)
 
