@@ -8,13 +8,12 @@ SmolLM2-135M (the paper's recipe at successive parameter targets; ``--model smol
         --out benchmarks/results/fold_placement_smollm2_cpu.json
 
 Modes, each in its own process: ``host`` (CPU arrays, merged in numpy: what a CPU run does), ``staged`` (the
-arrays taken for an accelerator's, so leaves up to ``jaxfold.fold.HOST_STAGING_BYTES`` are copied to the host,
+arrays taken for an accelerator's, so leaves up to ``jaxfold.placement.HOST_STAGING_BYTES`` are copied to the host,
 merged there and put back: what a GPU run does with ResNet-sized leaves) and ``device`` (the staging threshold at
 0, so every leaf is merged on its device: what a GPU run does with leaves above it, e.g. LLM weights). On a CPU
 the two accelerator modes are simulations: the compilation counts carry over to a GPU, the seconds do not.
 """
 import argparse
-import importlib
 import json
 import subprocess
 import sys
@@ -22,8 +21,9 @@ import time
 
 import jax
 
-from jaxfold import models
+from jaxfold import models, placement
 from jaxfold.files import write_json_atomic
+from jaxfold.folding import fold
 
 RATIOS = {"resnet18": (0.25, 0.45, 0.35, 0.5), "smollm2": (0.1, 0.2, 0.15, 0.25)}
 
@@ -42,11 +42,10 @@ def _model(name: str, width: float):
 
 
 def run(mode: str, model: str, width: float) -> list[dict]:
-    fold_module = importlib.import_module("jaxfold.fold")  # the package's `fold` is the function
     if mode != "host":
-        fold_module.host_resident = lambda array: False  # take the CPU arrays for an accelerator's
+        placement.host_resident = lambda array: False  # take the CPU arrays for an accelerator's
     if mode == "device":
-        fold_module.HOST_STAGING_BYTES = 0
+        placement.HOST_STAGING_BYTES = 0
     compiles: list[float] = []
     jax.monitoring.register_event_duration_secs_listener(
         lambda event, seconds, **_: compiles.append(seconds) if event.endswith("backend_compile_duration") else None)
@@ -56,7 +55,7 @@ def run(mode: str, model: str, width: float) -> list[dict]:
         plan = plan_for(ratio)
         compiles.clear()
         t0 = time.perf_counter()
-        result = fold_module.fold(variables, spec, plan, jax.random.key(1))
+        result = fold(variables, spec, plan, jax.random.key(1))
         jax.block_until_ready(result.variables)
         rows.append({"ratio": ratio, "seconds": time.perf_counter() - t0, "compilations": len(compiles),
                      "compile_seconds": sum(compiles),

@@ -21,7 +21,7 @@ import numpy as np
 from kmeans_compile import core_args  # benchmarks/ is on sys.path when a script there runs
 
 from jaxfold import models, schedules
-from jaxfold.fold import fold
+from jaxfold.folding import fold
 
 km = importlib.import_module("jaxfold.kmeans")  # the package re-exports a function of the same name
 

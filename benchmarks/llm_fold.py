@@ -18,7 +18,7 @@ from sklearn.decomposition import PCA
 from jaxfold import schedules
 from jaxfold.clustering import ward_clusterer
 from jaxfold.files import write_json_atomic
-from jaxfold.fold import fold
+from jaxfold.folding import fold
 from jaxfold.llm import load_language_model
 
 

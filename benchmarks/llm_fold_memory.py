@@ -15,8 +15,9 @@ import jax
 import numpy as np
 
 from jaxfold import schedules, tree
-from jaxfold.fold import fold, group_features
+from jaxfold.folding import fold
 from jaxfold.llm import load_language_model
+from jaxfold.merge import group_features
 
 
 def _mb(nbytes: float) -> float:

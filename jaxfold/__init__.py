@@ -1,8 +1,8 @@
 """jaxfold: data-free, fine-tuning-free model folding in JAX/Flax.
 
-Layers (each imports only those above it): tree, files, paths → kmeans → spec → fold → batch_stats →
-corrections → models → data → io → eval → compress → baselines → diagnostics → train → sweep → cli. The public
-API below is pure: pytrees in, new pytrees out, explicit PRNG keys.
+Layers (each imports only those above it): tree, files, paths → kmeans → spec → clustering → plans → placement →
+merge → reports → folding → batch_stats → corrections → models → data → io → eval → compress → baselines →
+diagnostics → train → sweep → cli. The public API below is pure: pytrees in, new pytrees out, explicit PRNG keys.
 """
 
 __version__ = "0.1.0"
@@ -10,8 +10,9 @@ __version__ = "0.1.0"
 from jaxfold.compress import CompressedModel, FoldedModel, correct, fold_model
 from jaxfold.corrections import CORRECTIONS, register_correction
 from jaxfold.diagnostics import variance_ratios
-from jaxfold.fold import FoldResult, duplicate_channels, fold, permute_group
+from jaxfold.folding import FoldResult, fold
 from jaxfold.kmeans import KMeansResult, kmeans
+from jaxfold.merge import duplicate_channels, permute_group
 from jaxfold.spec import FoldSpec, Group, Member
 
 __all__ = ["CORRECTIONS", "CompressedModel", "FoldResult", "FoldSpec", "FoldedModel", "Group", "KMeansResult",

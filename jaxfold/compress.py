@@ -1,5 +1,5 @@
 """Compressing a *model* (config + variables) rather than a bare pytree: the glue between the pure core
-(:mod:`jaxfold.fold`), the variance corrections (:mod:`jaxfold.corrections`) and the model zoo — fold with the
+(:mod:`jaxfold.folding`), the variance corrections (:mod:`jaxfold.corrections`) and the model zoo — fold with the
 architecture's spec, correct, rebuild the config at the new widths, check the analytic size against the real
 arrays, and report FLOPs before and after. Baselines (:mod:`jaxfold.baselines`) return the same
 :class:`CompressedModel` through :func:`rebuild`.
@@ -17,8 +17,9 @@ import numpy as np
 from jaxfold import tree as tree_lib
 from jaxfold.clustering import Clusterer
 from jaxfold.corrections import Batches, Correction, CorrectionContext, get_correction
-from jaxfold.fold import Plan, fold
+from jaxfold.folding import fold
 from jaxfold.models.base import ModelConfig
+from jaxfold.plans import Plan
 
 
 @dataclasses.dataclass(frozen=True)

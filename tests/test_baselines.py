@@ -9,12 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfold import models, tree
+from jaxfold import models, placement, tree
 from jaxfold.baselines import BASELINES, ifm, ifm_model, prune, prune_model
 from jaxfold.baselines.ifm import consumer_columns, ifm_labels
 from jaxfold.baselines.pruning import channel_scores, take_channels
 from jaxfold.compress import fold_model
-from jaxfold.fold import duplicate_channels, group_features, k_for_ratio, permute_group
+from jaxfold.merge import duplicate_channels, group_features, permute_group
+from jaxfold.plans import k_for_ratio
 
 CONFIGS = {
     "resnet18": models.resnet18(in_channels=1, width=0.0625, image_size=16),
@@ -173,11 +174,9 @@ def test_prune_keeps_the_largest_rows_in_order_and_only_gathers():
 def test_pruned_accelerator_variables_come_back_on_the_device(monkeypatch):
     """Small accelerator leaves are pruned on the host (no compilation per k) and put back: jax arrays out, the same
     values, untouched leaves the original arrays (simulated: CPU arrays taken for device ones)."""
-    import importlib
-
     cfg, variables = CONFIGS["mlp"], _random_variables("mlp")
     host = prune(variables, cfg.fold_spec(), {"hidden1": 0.5})
-    monkeypatch.setattr(importlib.import_module("jaxfold.fold"), "host_resident", lambda array: False)
+    monkeypatch.setattr(placement, "host_resident", lambda array: False)
     device = prune(variables, cfg.fold_spec(), {"hidden1": 0.5})
     before, after = tree.flatten(variables), tree.flatten(device.variables)
     for path, x in tree.flatten(host.variables).items():

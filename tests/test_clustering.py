@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxfold import clustering
-from jaxfold.fold import fold
+from jaxfold.folding import fold
 
 pytest.importorskip("sklearn")
 NAMES = sorted(clustering.CLUSTERERS)
@@ -59,7 +59,7 @@ def test_spectral_is_deterministic_for_a_key_and_scale_free():
 def test_duplicated_channels_fold_back_losslessly_with_every_clusterer(name):
     from test_fold import CONFIGS, _assert_same_function, _logits, _random_variables
 
-    from jaxfold.fold import duplicate_channels
+    from jaxfold.merge import duplicate_channels
 
     cfg = CONFIGS["mlp"]
     variables = _random_variables(cfg)

@@ -9,8 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxfold import models, tree
-from jaxfold.fold import duplicate_channels, fold, k_for_ratio, merge_group, permute_group, resolve_plan
+from jaxfold import models, placement, tree
+from jaxfold.folding import fold
+from jaxfold.merge import duplicate_channels, merge_group, permute_group
+from jaxfold.plans import k_for_ratio, resolve_plan
 
 CONFIGS = {
     "resnet18": models.resnet18(in_channels=1, width=0.125, image_size=16),
@@ -151,16 +153,14 @@ def test_accelerator_variables_fold_like_host_ones_and_stay_on_device(monkeypatc
     """Variables on an accelerator (simulated: CPU arrays taken for device ones) fold to the host fold's values and
     come back as device arrays. Leaves up to HOST_STAGING_BYTES are merged on the host and put back, so a fold at a
     new ratio compiles nothing; larger ones are merged on the device (jax.numpy features, segment-sum merges)."""
-    import importlib
     import logging
 
-    fold_module = importlib.import_module("jaxfold.fold")  # the module (the package's `fold` is the function)
     cfg = CONFIGS["resnet18"]
     variables = _random_variables(cfg)
     host = fold(variables, cfg.fold_spec(), 0.5, jax.random.key(3), n_init=2)
-    monkeypatch.setattr(fold_module, "host_resident", lambda array: False)
+    monkeypatch.setattr(placement, "host_resident", lambda array: False)
     if staging_bytes is not None:
-        monkeypatch.setattr(fold_module, "HOST_STAGING_BYTES", staging_bytes)
+        monkeypatch.setattr(placement, "HOST_STAGING_BYTES", staging_bytes)
     device = fold(variables, cfg.fold_spec(), 0.5, jax.random.key(3), n_init=2)
     assert device.widths == host.widths
     flat_before = tree.flatten(variables)
@@ -183,7 +183,7 @@ def test_accelerator_variables_fold_like_host_ones_and_stay_on_device(monkeypatc
 @pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey, lambda s: jax.random.key(s, impl="rbg")])
 def test_group_i_clusters_with_fold_in_key_i(make_key):
     """The documented keys (group i: fold_in(key, i)), built up front from host data for typed, legacy and rbg keys."""
-    from jaxfold.fold import _group_keys
+    from jaxfold.folding import _group_keys
 
     key = make_key(11)
     bits = lambda k: np.asarray(jax.random.key_data(k) if jnp.issubdtype(k.dtype, jax.dtypes.prng_key) else k)

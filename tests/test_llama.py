@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from jaxfold import models, tree
-from jaxfold.fold import duplicate_channels, fold, permute_group
+from jaxfold.folding import fold
+from jaxfold.merge import duplicate_channels, permute_group
 from jaxfold.models.llama import (
     LlamaConfig,
     fold_spec,

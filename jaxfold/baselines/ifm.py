@@ -1,11 +1,11 @@
 """IFM, iterative feature merging (Chen, Zhou, Yan 2023): the greedy, data-free merging baseline.
 
 Per group, every channel starts as its own unit whose feature row is its row of the folding features
-(:func:`jaxfold.fold.group_features`). IFM repeatedly merges the two *current* units whose rows are closest
+(:func:`jaxfold.merge.group_features`). IFM repeatedly merges the two *current* units whose rows are closest
 (Euclidean) until k remain. A merged unit's row is what the merge would make of it: producer and vector parts are
 the size-weighted mean of the two units, consumer parts their sum — so distances are between the weights the
 merged network would really have, not between cluster means as in k-means. The resulting partition is applied
-with folding's own merge (:func:`jaxfold.fold.merge_group`: producers/vectors/statistics averaged, consumers
+with folding's own merge (:func:`jaxfold.merge.merge_group`: producers/vectors/statistics averaged, consumers
 summed), so IFM and folding differ only in how the clusters are chosen.
 
 Implementation: two Gram matrices (producer/vector part, consumer part) in float64 are updated in O(n) per
@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from jaxfold.compress import CompressedModel, rebuild
-from jaxfold.fold import FoldResult, Plan, fold_with_partition
+from jaxfold.folding import FoldResult, fold_with_partition
 from jaxfold.kmeans import check_k
 from jaxfold.models.base import ModelConfig
+from jaxfold.plans import Plan
 from jaxfold.spec import FoldSpec, Group
 
 
@@ -80,7 +81,7 @@ def ifm_labels(x: Any, consumer: Any, k: int) -> np.ndarray:
 
 def ifm(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, *, check: bool = True) -> FoldResult:
     """Fold ``variables`` with IFM clusterings instead of k-means; same plan, merge and result as
-    :func:`jaxfold.fold.fold` (the report's inertia is the k-means objective of IFM's partition, for comparison).
+    :func:`jaxfold.folding.fold` (the report's inertia is the k-means objective of IFM's partition, for comparison).
 
     Pure and deterministic (no PRNG key). Groups whose k equals their width are left exactly as they are.
     """

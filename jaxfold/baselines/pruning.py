@@ -4,7 +4,7 @@ Per group it keeps the k channels whose feature rows (the rows folding clusters:
 consumer columns; running statistics are not features) have the largest L1 or L2 norm and *removes* the others
 from every member. Removing rather than zeroing gives arrays of the same shapes as folding at the same k, so the
 two are compared at equal parameter count and FLOPs. The plan means what it means for folding
-(:func:`jaxfold.fold.resolve_plan`).
+(:func:`jaxfold.plans.resolve_plan`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,12 @@ from typing import Any
 import numpy as np
 
 from jaxfold.compress import CompressedModel, rebuild
-from jaxfold.fold import Plan, checked_inputs, group_features, placed_like, size_report
+from jaxfold.folding import checked_inputs
+from jaxfold.merge import group_features
 from jaxfold.models.base import ModelConfig
+from jaxfold.placement import placed_like
+from jaxfold.plans import Plan
+from jaxfold.reports import size_report
 from jaxfold.spec import FoldSpec, Group
 
 
@@ -50,7 +54,7 @@ def keep_top(scores: np.ndarray, k: int) -> np.ndarray:
 
 def take_channels(flat: Mapping[str, Any], group: Group, keep: np.ndarray, n: int) -> dict[str, Any]:
     """Keep only channels ``keep`` of one group in every member (a plain gather: consumers are not summed).
-    Host arrays are indexed with numpy, so no per-shape XLA compilation (as in :func:`jaxfold.fold.merge_group`)."""
+    Host arrays are indexed with numpy, so no per-shape XLA compilation (as in :func:`jaxfold.merge.merge_group`)."""
     out = dict(flat)
     for m in group.members:
         array = flat[m.path]

@@ -20,7 +20,7 @@ import numpy as np
 from jaxfold import tree as tree_lib
 from jaxfold.baselines.pruning import prune
 from jaxfold.compress import CompressedModel, rebuild
-from jaxfold.fold import Plan
+from jaxfold.plans import Plan
 from jaxfold.spec import FoldSpec
 
 ApplyFn = Callable[[Any, jax.Array], Any]

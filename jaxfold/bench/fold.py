@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxfold import compile_cache, models
 from jaxfold.bench import emit
-from jaxfold.fold import fold
+from jaxfold.folding import fold
 
 
 def sklearn_clusterer(seed: int = 0):

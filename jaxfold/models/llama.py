@@ -25,7 +25,7 @@ Folding GQA attention (method.md §5) comes in two modes:
   the finer-grained mode (8 units per block instead of 4 per group).
 * ``"within_groups"``: query heads are folded inside each KV group (same k in every group), K/V untouched. A unit
   here is a slice of the q/o axis per KV group, which a fold-spec member cannot address (members span a whole
-  axis), so this mode is :func:`fold_within_groups`, a separate function built on :func:`jaxfold.fold.fold`.
+  axis), so this mode is :func:`fold_within_groups`, a separate function built on :func:`jaxfold.folding.fold`.
 """
 
 from __future__ import annotations
@@ -467,14 +467,16 @@ def fold_within_groups(cfg: LlamaConfig, variables: Mapping[str, Any], plan: Any
                        **fold_options: Any) -> tuple[LlamaConfig, Any]:
     """Fold with ``gqa="within_groups"``: in every GQA block, the query heads of each KV group are clustered and
     merged separately (features [q columns ‖ o rows] of a head; q averaged, o summed; K/V untouched), every group
-    keeping the same k; MLPs (and the heads of MHA blocks) fold as in :func:`jaxfold.fold.fold`.
+    keeping the same k; MLPs (and the heads of MHA blocks) fold as in :func:`jaxfold.folding.fold`.
 
     ``plan`` is as for ``fold`` (a ratio, a {group: ratio} dict, or f(group, n) -> k); for a GQA block the group
     ``block{i}.attn`` has width n = Hq/Hkv (query heads per KV group). All clusterings use the original weights.
     Returns ``(new_config, FoldResult)``; the result's ``labels["block{i}.attn"][h]`` is the new index of original
     query head h. ``fold_options`` go to ``fold`` (clusterer, n_init, max_iter).
     """
-    from jaxfold.fold import FoldResult, fold, resolve_plan, size_report
+    from jaxfold.folding import FoldResult, fold
+    from jaxfold.plans import resolve_plan
+    from jaxfold.reports import size_report
 
     spec = fold_spec(cfg, "within_groups")
     gqa_blocks = [i for i in range(cfg.num_layers) if cfg.groups_per_kv(i) > 1]
