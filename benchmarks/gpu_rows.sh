@@ -5,7 +5,7 @@
 # limit of one command; results and logs land in $OUT (what the device tool brings back).
 #
 #   run(command="bash benchmarks/gpu_rows.sh fold")    # ResNet18 fold: cold / cached / warm vs sklearn
-#   run(command="bash benchmarks/gpu_rows.sh llm7b")   # LLaMA-7B-shaped recipe fold (issue 5's ≤ 60 s target)
+#   run(command="bash benchmarks/gpu_rows.sh llm7b")   # LLaMA-7B-shaped recipe fold (≤ 60 s target: docs/benchmarks.md)
 #   run(command="bash benchmarks/gpu_rows.sh tests")   # the k-means / fold / clustering tests on the GPU
 #
 # Locally (CPU, the project's venv) the same steps run with PY=.venv/bin/python OUT=/tmp/gpu_rows.

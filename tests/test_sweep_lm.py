@@ -76,7 +76,7 @@ def test_paper_recipe_removes_19_4_percent_of_llama_7b_and_scales_with_depth():
     assert ratios[10] == (0.0, 0.0) and ratios[11] == (0.1, 0.4) and ratios[21] == (0.1, 0.4)
     assert ratios[22] == (0.2, 0.5) and ratios[29] == (0.2, 0.5) and ratios[30] == (0.0, 0.0)
     plan = schedules.block_plan(ratios)
-    assert plan("block22.attn", 32) == 26 and plan("block11.mlp", 11008) == 6605  # round(), paper-notes §2.7
+    assert plan("block22.attn", 32) == 26 and plan("block11.mlp", 11008) == 6605  # round(); the paper's §4 recipe
     assert abs(schedules.sparsity(big, plan) - 0.1938) < 5e-4  # 1,306,079,232 of 6,738,415,616
     assert [i for i, r in enumerate(schedules.paper_recipe(30)) if r != (0.0, 0.0)] == list(range(10, 28))
 

@@ -7,7 +7,7 @@ a clustering feature and is averaged like a bias.
 
 **Which weights are clustered (a change from the paper, measured):** ``fold_ar`` clusters the *raw* weights —
 the same clusters as Fold-Naive — and merges the fused ones; ``fold_ar_fused`` clusters the fused weights as the
-paper's Algorithm 1 does (the official code adds a RobustScaler we do not use, method.md §7). On the trained
+paper's Algorithm 1 does (the official code adds a RobustScaler we do not use). On the trained
 Fashion-MNIST ResNet18 (docs/results.md) raw clusters gave 91.6 / 84.9 % at r = 0.05 / 0.25 against 80.6 /
 54.7 % for fused ones. Not the cause: outlier rows (fused row norms spread no more than raw ones there). Likely
 cause, not yet verified: dividing by √var (var ≈ 0.01–0.1 in that model) scales the producer block 3–10× against
@@ -15,11 +15,12 @@ the consumer columns, so the fused features weigh the producer side almost alone
 
 After the merge, each merged BN scale is multiplied by √(N_c / (1 + (N_c − 1)·E[c])), where E[c] is the mean
 pairwise cosine similarity of the fused producer rows of cluster c: the variance a mean of N_c unit-variance
-channels with that correlation would lose, assuming uncorrelated inputs. Decisions (paper-notes §8.3–8.4): the
-cosine uses the producer kernel rows only (Algorithm 1; not biases, BN or consumers); in a residual-stream group
-every BN gets the factor computed from *its own* producer's rows, since each normalises its own branch; the
-denominator is clamped at ``min_denominator`` (a cluster of strongly anti-correlated rows would otherwise divide
-by ≤ 0). Producers without a BatchNorm are merged without correction, as in the paper.
+channels with that correlation would lose, assuming uncorrelated inputs. Decisions where the paper's Algorithm 1
+(App. F.1) and the official code differ or are silent: the cosine uses the producer kernel rows only (Algorithm 1;
+not biases, BN or consumers); in a residual-stream group every BN gets the factor computed from *its own*
+producer's rows, since each normalises its own branch; the denominator is clamped at ``min_denominator`` (a
+cluster of strongly anti-correlated rows would otherwise divide by ≤ 0). Producers without a BatchNorm are merged
+without correction, as in the paper.
 """
 
 from __future__ import annotations

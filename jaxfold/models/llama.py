@@ -14,7 +14,7 @@ real, smaller model rebuilt from its config. Parameter tree (the names other mod
     params/block_{i}/mlp/{gate,up}/kernel (D, F)     params/block_{i}/mlp/down/kernel (F, D)
     params/final_norm/scale (D,)                params/lm_head/kernel (D, V)   (absent when embeddings are tied)
 
-Folding GQA attention (method.md §5) comes in two modes:
+Folding GQA attention (beyond the paper: the LLaMA models of its §4 have MHA heads) comes in two modes:
 
 * ``"kv_groups"`` (**default**): the unit is a whole KV group — its Hq/Hkv query heads and its k/v head — so q/k/v
   are averaged and o summed per merged group, and ``num_kv_heads`` and ``num_heads`` shrink together. It is the
