@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxfold import measure
 from jaxfold import tree as tree_lib
 from jaxfold.clustering import Clusterer
 from jaxfold.corrections import Batches, Correction, CorrectionContext, get_correction
@@ -46,16 +47,21 @@ FoldedModel = CompressedModel
 
 def rebuild(model_config: ModelConfig, variables: dict[str, Any], widths: dict[str, int],
             channel_map: dict[str, np.ndarray], report: dict[str, Any]) -> CompressedModel:
-    """Rebuild the config at ``widths``, check the arrays match it exactly, and add size/FLOPs to the report."""
+    """Rebuild the config at ``widths``, check the arrays match it exactly, and add size/FLOPs to the report: the
+    config's analytic counts, or for an architecture without them the measured ones (:func:`measure.config_counts`;
+    ``flops_counted`` says which)."""
     new_config = model_config.with_widths(widths)
     problems = tree_lib.compare(new_config.abstract_variables(), variables)
     if problems:  # a spec whose config_fields disagree with the module: a bug in the architecture's spec
         raise AssertionError(f"{model_config.arch}: compressed arrays do not match the rebuilt config: {problems[:5]}")
     report = dict(report)
-    before, after = model_config.param_count(), tree_lib.count(variables.get("params", {}))
-    report.update(params_before=before, params_after=after, params_analytic=new_config.param_count(),
-                  param_sparsity=1.0 - after / before,
-                  flops_before=model_config.flops(), flops_after=new_config.flops())
+    # analytic counts where the architecture has them, else measured from its (abstract) forward pass
+    before, rebuilt = measure.config_counts(model_config), measure.config_counts(new_config)
+    after = measure.param_count(variables)
+    report.update(params_before=before["params"], params_after=after,
+                  params_analytic=rebuilt["params"] if rebuilt["params_counted"] == "analytic" else None,
+                  param_sparsity=1.0 - after / before["params"],
+                  flops_before=before["flops"], flops_after=rebuilt["flops"], flops_counted=rebuilt["flops_counted"])
     report["flops_reduction"] = 1.0 - report["flops_after"] / report["flops_before"]
     return CompressedModel(new_config, variables, report, channel_map)
 

@@ -164,6 +164,33 @@ def config_param_count(config: Any) -> int:
     return param_count(config.abstract_variables())
 
 
+def config_counts(config: Any) -> dict[str, Any]:
+    """``{'params', 'flops', 'params_counted', 'flops_counted'}`` of a config: its analytic ``param_count()`` and
+    ``flops()`` ('analytic'), or where it has none (``NotImplementedError``) :func:`config_param_count`
+    ('measured') and :func:`config_flops` ('traced': the same conv/dense convention, a trace rather than XLA's
+    compile; the measured ones are cached per config)."""
+    out: dict[str, Any] = {}
+    for name, analytic, measured in (("params", "param_count", config_param_count), ("flops", "flops", config_flops)):
+        try:
+            out[name], out[f"{name}_counted"] = getattr(config, analytic)(), "analytic"
+        except NotImplementedError:
+            out[name], out[f"{name}_counted"] = _cached(measured, config), "measured" if name == "params" else "traced"
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_call(fn: Callable[[Any], Any], config: Any) -> Any:
+    return fn(config)
+
+
+def _cached(fn: Callable[[Any], Any], config: Any) -> Any:
+    try:
+        hash(config)
+    except TypeError:  # a config with unhashable fields: measured every time
+        return fn(config)
+    return _cached_call(fn, config)
+
+
 def config_flops(config: Any, *, xla: bool = False, compiled: bool = True) -> float:
     """Forward FLOPs per example of a config at batch 1, on abstract variables: :func:`matmul_flops` (the
     analytic convention; a trace) or with ``xla=True`` XLA's :func:`flops` (a compile unless ``compiled=False``)."""

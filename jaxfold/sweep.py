@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from jaxfold import __version__
+from jaxfold import __version__, measure
 from jaxfold.baselines import BASELINES
 from jaxfold.clustering import CLUSTERERS
 from jaxfold.compress import CompressedModel, correct, fold_model
@@ -230,7 +230,8 @@ class _Runner:
     def dense(self) -> dict[str, Any]:
         t0 = time.perf_counter()
         metrics = evaluate_model(self.model, self.variables, self.data)
-        params, flops = self.model.param_count(), self.model.flops()
+        counts = measure.config_counts(self.model)  # analytic, or measured for a model without analytic counts
+        params, flops = counts["params"], counts["flops"]
         return {"id": "dense", "model": self.config.model.name, "dataset": self.data.name, "method": "dense",
                 "correction": "none", "ratio": 0.0, "seed": 0, "param_sparsity": 0.0, "params": params,
                 "params_before": params, "flops": flops, "flops_before": flops, "metric": "accuracy",

@@ -1,5 +1,6 @@
 """Folding whole models: rebuilt config, analytic params/FLOPs in the report, and the `jaxfold fold` command."""
 
+import dataclasses
 import json
 
 import jax
@@ -54,3 +55,32 @@ def test_cli_fold_unknown_clusterer_names_the_valid_ones(tmp_path, capsys):
     assert code == 2 and "unknown clusterer 'dbscan': set --config.fold.clusterer to one of ['average'" in err
     assert "function" not in err  # only the Python API takes one
     assert not (tmp_path / "w").exists()
+
+
+@dataclasses.dataclass(frozen=True)
+class UncountedMLP(models.MLPConfig):
+    """The zoo MLP as a user's architecture without analytic counters."""
+
+    arch = "mlp_uncounted"
+
+    def param_count(self) -> int:
+        raise NotImplementedError
+
+    def flops(self) -> int:
+        raise NotImplementedError
+
+
+models.base.register(UncountedMLP)
+
+
+def test_model_without_analytic_counts_reports_measured_ones():
+    cfg = UncountedMLP(in_channels=1, image_size=8, hidden_widths=(16, 12, 16))
+    twin = models.MLPConfig(in_channels=1, image_size=8, hidden_widths=(16, 12, 16))  # the same, with counters
+    folded = fold_model(cfg, cfg.init(jax.random.key(0)), 0.5, jax.random.key(1), n_init=2)
+    r, folded_twin = folded.report, twin.replace(hidden_widths=folded.config.hidden_widths)
+    assert isinstance(folded.config, UncountedMLP) and folded.config.hidden_widths == (8, 6, 8)
+    assert r["params_before"] == twin.param_count() and r["params_after"] == folded_twin.param_count()
+    assert r["params_analytic"] is None and r["flops_counted"] == "traced"
+    assert (r["flops_before"], r["flops_after"]) == (twin.flops(), folded_twin.flops())
+    assert fold_model(twin, twin.init(jax.random.key(0)), 0.5, jax.random.key(1), n_init=2).report["flops_counted"] \
+        == "analytic"
