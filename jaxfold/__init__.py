@@ -1,7 +1,7 @@
 """jaxfold: data-free, fine-tuning-free model folding in JAX/Flax.
 
 Layers (each imports only those above it): tree, files, paths → kmeans → spec → clustering → plans → placement →
-merge → reports → folding → batch_stats → corrections → models → data → io → eval → compress → baselines →
+merge → reports → folding → trace → batch_stats → corrections → models → data → io → eval → compress → baselines →
 diagnostics → train → sweep → cli. The public API below is pure: pytrees in, new pytrees out, explicit PRNG keys.
 """
 
@@ -14,7 +14,9 @@ from jaxfold.folding import FoldResult, fold
 from jaxfold.kmeans import KMeansResult, kmeans
 from jaxfold.merge import duplicate_channels, permute_group
 from jaxfold.spec import FoldSpec, Group, Member
+from jaxfold.trace import TracedFold, TraceError, derive_spec, fold_nnx, fold_traced
 
 __all__ = ["CORRECTIONS", "CompressedModel", "FoldResult", "FoldSpec", "FoldedModel", "Group", "KMeansResult",
-           "Member", "__version__", "correct", "duplicate_channels", "fold", "fold_model", "kmeans", "permute_group",
-           "register_correction", "variance_ratios"]
+           "Member", "TraceError", "TracedFold", "__version__", "correct", "derive_spec", "duplicate_channels", "fold",
+           "fold_model", "fold_nnx", "fold_traced", "kmeans", "permute_group", "register_correction",
+           "variance_ratios"]

@@ -1,5 +1,9 @@
-"""Fold any Flax model without writing a spec: derive it from the traced forward pass."""
+"""Fold any Flax model without writing a spec: the spec derived from the traced forward pass
+(:mod:`~jaxfold.trace.derive`), the folded forward rebuilt from the program (:mod:`~jaxfold.trace.rebuild`),
+linen through ``fold_traced`` and NNX modules through ``fold_nnx``."""
 
 from jaxfold.trace.derive import TraceError, derive_spec
+from jaxfold.trace.nnx_fold import fold_nnx, nnx_view
+from jaxfold.trace.traced_fold import TracedFold, fold_traced
 
-__all__ = ["TraceError", "derive_spec"]
+__all__ = ["TraceError", "TracedFold", "derive_spec", "fold_nnx", "fold_traced", "nnx_view"]

@@ -149,6 +149,17 @@ def build_spec(analysis: Analysis, shapes: Mapping[str, tuple[int, ...]], *,
         groups: dict[int, list[tuple[str, int, _Choice]]] = {}
         for (path, axis), c in choice.items():
             groups.setdefault(c.root, []).append((path, axis, c))
+        # A variable producing along several axes in different groups (per-head value weights (d, heads,
+        # head_dim)): its output unit is the outermost one, as for a flattened (heads·head_dim) axis.
+        first_producer: dict[str, int] = {}
+        for (path, axis), c in sorted(choice.items(), key=lambda kv: kv[0]):
+            if _role(analysis, path, axis)[0] != "producer":
+                continue
+            if path not in first_producer:
+                first_producer[path] = c.root
+            elif c.root != first_producer[path] and c.root not in losers:
+                losers[c.root] = (f"{path} produces along an outer axis in another group, which folds it as whole "
+                                  "units (one unit per output)")
         new = dict(losers)
         for root, members in groups.items():
             if root in new:
