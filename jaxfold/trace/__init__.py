@@ -3,7 +3,7 @@
 linen through ``fold_traced`` and NNX modules through ``fold_nnx``."""
 
 from jaxfold.trace.derive import TraceError, derive_spec
-from jaxfold.trace.nnx_fold import fold_nnx, nnx_view
+from jaxfold.trace.nnx_fold import WIDTH_UPDATERS, fold_nnx
 from jaxfold.trace.traced_fold import TracedFold, fold_traced
 
-__all__ = ["TraceError", "TracedFold", "derive_spec", "fold_nnx", "fold_traced", "nnx_view"]
+__all__ = ["WIDTH_UPDATERS", "TraceError", "TracedFold", "derive_spec", "fold_nnx", "fold_traced"]
