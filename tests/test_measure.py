@@ -73,7 +73,7 @@ def test_xla_flops_are_the_valid_taps_plus_elementwise(cfg):
     at 3 flops per element, ReLU, adds, pooling, norms, softmax), the compiled XLA:CPU program 1.009–1.11× (fusion
     may recompute an elementwise producer in two consumers). Bounds: 1.08× and 1.15×. Against the analytic count
     (padding taps included) XLA is below on padded CNNs (0.75× on the 28 px VGG, whose 3×3 convolutions on 3×3 and
-    1×1 maps have 4/9 and 8/9 of their taps on padding) and above without padding (MLP, LeNet-32, LLaMA)."""
+    1×1 maps have 32/81 and 8/9 of their taps on padding) and above without padding (MLP, LeNet-32, LLaMA)."""
     apply_fn, args = measure.config_forward(cfg, batch_size=2)
     variables = cfg.abstract_variables()
     valid = measure.matmul_flops(apply_fn, variables, *args, padding_taps=False)
