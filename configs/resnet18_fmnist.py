@@ -6,12 +6,13 @@ Width 0.125 (stream widths 8/16/32/64) is the widest whose training fits ~45 min
     jaxfold data fetch fashion_mnist
     jaxfold train --config configs/resnet18_fmnist.py --workdir workdirs/resnet18_fmnist
     jaxfold fold --config configs/resnet18_fmnist.py --workdir workdirs/resnet18_fmnist_fold45 \
-        --config.fold.ratio=0.45
+        --config.fold.ratio=0.45 --config.fold.correction=fold_ar
     jaxfold sweep --config configs/resnet18_fmnist.py:clustering --workdir workdirs/clustering_resnet18_fmnist
 """
 
 import ml_collections
 
+from jaxfold.fold_run import cv_fold_section
 from jaxfold.sweep import CLUSTERING_VARIANTS, cv_sweep_section
 
 
@@ -21,9 +22,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = dict(name="fashion_mnist", path="", crop_padding=2, hflip=True)
     c.train = dict(epochs=25, batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
                    warmup_epochs=0.0, seed=0, eval_every=1, eval_batch_size=500)
-    # `jaxfold fold`: the checkpoint to fold (the train command's output above), the channel ratio, clustering
-    c.fold = dict(checkpoint="workdirs/resnet18_fmnist/checkpoint", ratio=0.25, clusterer="kmeans", n_init=10,
-                  max_iter=300, seed=0, evaluate=True)
+    # `jaxfold fold`: the checkpoint to fold (the train command's output above), the channel ratio, the correction
+    # (none, fold_ar, fold_dir, repair: training images as in sweeps), the clusterer; evaluates on the test set
+    c.fold = cv_fold_section("workdirs/resnet18_fmnist/checkpoint")
     # `jaxfold sweep`: every CV method × correction × channel ratio on the checkpoint (trained first if missing)
     c.sweep = cv_sweep_section("workdirs/resnet18_fmnist/checkpoint")
     if arg == "full":  # the paper-width model, for a GPU

@@ -5,6 +5,9 @@ folding vs magnitude pruning vs Wanda-sp at ≈ 10/20/30 % of parameters removed
     jaxfold data fetch smollm2 shakespeare
     jaxfold sweep --config configs/smollm2_shakespeare.py --workdir workdirs/sweep_smollm2
     jaxfold ppl --model smollm2 --text shakespeare:test --seqlen 1024 --max-windows 8   # dense only
+    jaxfold fold --config configs/smollm2_shakespeare.py --workdir workdirs/smollm2_uniform20 \
+        --config.fold.schedule=uniform --config.fold.target=0.2          # W/checkpoint, and W/hf for transformers
+    jaxfold ppl --model workdirs/smollm2_uniform20/checkpoint --text shakespeare:test --seqlen 1024 --max-windows 8
 
 `:quick` evaluates 2 windows and calibrates Wanda-sp on 2 (a smoke run); on a GPU raise lm.max_windows (None = all).
 """
@@ -26,6 +29,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                    clusterer="kmeans", n_init=1, max_iter=300,
                    generate_prompts=("The capital of France is", "To be, or not to be,"),
                    generate_at=(0.2,), max_new_tokens=24)
+    # `jaxfold fold`: lm.source folded with a per-block schedule (recipe, uniform, recipe_mlp) calibrated to remove
+    # `target` of the parameters, as the sweep folds; writes W/checkpoint and, when every block keeps the same
+    # widths (uniform), an HF directory W/hf; evaluate=True adds the perplexity on lm.text to the report
+    c.fold = dict(schedule="recipe", target=0.2, correction="none", clusterer="kmeans", n_init=1, max_iter=300,
+                  seed=0, evaluate=False, hf_dir=True, imports=())
     if arg == "demo":  # `make demo`: fold vs magnitude with the paper's recipe at 10 and 20 % (~2 min CPU)
         c.lm.max_windows = 4
         c.sweep.variants = ("fold:recipe", "magnitude:recipe")

@@ -7,6 +7,7 @@
 
 import ml_collections
 
+from jaxfold.fold_run import cv_fold_section
 from jaxfold.sweep import cv_sweep_section
 
 
@@ -16,8 +17,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data = dict(name="fashion_mnist", path="", crop_padding=2, hflip=True)
     c.train = dict(epochs=20, batch_size=128, lr=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4,
                    warmup_epochs=0.0, seed=0, eval_every=1, eval_batch_size=500)
-    c.fold = dict(checkpoint="workdirs/vgg11_fmnist/checkpoint", ratio=0.25, clusterer="kmeans", n_init=10,
-                  max_iter=300, seed=0, evaluate=True)
+    # `jaxfold fold`: the checkpoint, the channel ratio, the correction, the clusterer (see configs/resnet18_fmnist.py)
+    c.fold = cv_fold_section("workdirs/vgg11_fmnist/checkpoint")
     # `jaxfold sweep`: every CV method × correction × channel ratio on the checkpoint (trained first if missing)
     c.sweep = cv_sweep_section("workdirs/vgg11_fmnist/checkpoint")
     if arg == "full":  # full-width VGG11-BN, for a GPU

@@ -1,9 +1,9 @@
 """jaxfold: data-free, fine-tuning-free model folding in JAX/Flax.
 
-Layers (each imports only those above it): tree, files, paths → layout → measure → kmeans → spec → clustering →
-plans → placement → merge → reports → folding → trace → batch_stats → corrections → models → data → io → eval →
-compress → baselines → diagnostics → train → sweep → cli. The public API below is pure: pytrees in, new pytrees
-out, explicit PRNG keys.
+Layers (each imports only those above it): tree, files, paths, errors → layout → measure → kmeans → spec →
+clustering → plans → placement → merge → reports → folding → trace → batch_stats → corrections → models → data →
+io → eval → compress → baselines → diagnostics → train → fold_run → sweep → cli. The public API below is pure:
+pytrees in, new pytrees out, explicit PRNG keys.
 """
 
 __version__ = "0.1.0"

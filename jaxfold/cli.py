@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from jaxfold.bench import BENCHMARKS
+from jaxfold.errors import UserError
 
 
 def _split_overrides(extra: Sequence[str], parser: argparse.ArgumentParser) -> list[str]:
@@ -38,38 +39,16 @@ def _cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def _cmd_fold(args: argparse.Namespace, overrides: list[str]) -> int:
-    import jax
-
     from jaxfold import config as config_lib
-    from jaxfold.clustering import CLUSTERERS
-    from jaxfold.compress import fold_model
-    from jaxfold.eval.classification import evaluate_model
-    from jaxfold.files import write_json_atomic
-    from jaxfold.io import checkpoint
-    from jaxfold.train import load_data
+    from jaxfold.fold_run import run_fold
 
-    config = config_lib.load_with_overrides(args.config, overrides)
-    if "fold" not in config:
-        raise ValueError(f"{args.config} has no `fold` section (checkpoint, ratio, clusterer, n_init, seed)")
-    fc = config.fold
-    if fc.clusterer not in CLUSTERERS:  # before the checkpoint is read; a function can only come from Python
-        raise ValueError(f"unknown clusterer {fc.clusterer!r}: set --config.fold.clusterer to one of "
-                         f"{sorted(CLUSTERERS)}")
-    variables, model_cfg, meta = checkpoint.restore(fc.checkpoint)
-    folded = fold_model(model_cfg, variables, fc.ratio, jax.random.key(fc.seed), clusterer=fc.clusterer,
-                        n_init=fc.n_init, max_iter=fc.max_iter)
-    report = {"source": str(fc.checkpoint), "ratio": fc.ratio, "clusterer": fc.clusterer, "seed": fc.seed,
-              "correction": "none", **folded.report}
-    if fc.get("evaluate", True):
-        report["accuracy_before"] = meta.get("test_accuracy")
-        report["accuracy_after"] = evaluate_model(folded.config, folded.variables, load_data(config))["accuracy"]
-    checkpoint.save(f"{args.workdir}/checkpoint", folded.variables, folded.config, metadata=report)
-    write_json_atomic(f"{args.workdir}/report.json", report)
+    report = run_fold(config_lib.load_with_overrides(args.config, overrides), args.workdir)
     for g in report["groups"]:
         print(f"{g['group']:>18}  {g['n']:>5} → {g['k']:<5} inertia {g['inertia']:.4g}  {g['seconds']:.3f}s")
-    summary = {k: report.get(k) for k in ("ratio", "param_sparsity", "params_after", "flops_reduction", "seconds",
-                                          "accuracy_before", "accuracy_after")}
-    print(json.dumps({**summary, "workdir": args.workdir}))
+    keys = ("ratio", "schedule", "target", "correction", "param_sparsity", "params_after", "flops_reduction",
+            "fold_seconds", "correction_seconds", "accuracy_before", "accuracy_after", "perplexity_after",
+            "checkpoint", "hf_dir", "hf_dir_skipped")
+    print(json.dumps({**{k: report[k] for k in keys if k in report}, "workdir": args.workdir}))
     return 0
 
 
@@ -144,9 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="configs/<name>.py[:arg]")
     train.add_argument("--workdir", required=True)
 
-    fold = sub.add_parser("fold", help="fold a checkpoint (config's `fold` section; --config.fold.ratio=0.45)")
+    fold = sub.add_parser("fold", help="fold a model by the config's `fold` section: a checkpoint at a channel "
+                          "ratio (--config.fold.ratio=0.45), or the lm.source LLM with a schedule and a sparsity "
+                          "target (--config.fold.target=0.2); --config.fold.correction=fold_ar")
     fold.add_argument("--config", required=True, help="configs/<name>.py[:arg]")
-    fold.add_argument("--workdir", required=True, help="writes checkpoint/ and report.json here")
+    fold.add_argument("--workdir", required=True,
+                      help="writes checkpoint/, report.json and, for a LLaMA with the same widths in every block, hf/")
 
     sweep = sub.add_parser("sweep", help="run a config's sweep grid into W/results.jsonl (resumable)")
     sweep.add_argument("--config", required=True, help="configs/<name>.py[:arg]")
@@ -207,8 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_ppl(args)
         if args.command == "bench":
             return _cmd_bench(args)
-    except (ValueError, KeyError, FileNotFoundError) as e:  # user errors: one clear line, no traceback
-        print(f"jaxfold {args.command}: error: {e.args[0] if e.args else e}", file=sys.stderr)
+    except UserError as e:  # a mistake in what was asked: one clear line; anything else keeps its traceback
+        print(f"jaxfold {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 1
 

@@ -16,6 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxfold.errors import UserError
 from jaxfold.kmeans import check_k, host_rng, kmeans_labels
 
 Clusterer = Callable[[jax.Array, int, jax.Array], Any]  # (features (n, d), k, key) -> labels (n,)
@@ -95,6 +96,6 @@ def get_clusterer(clusterer: str | Clusterer, **options: Any) -> Clusterer:
     if callable(clusterer):
         return clusterer
     if clusterer not in CLUSTERERS:
-        raise ValueError(f"unknown clusterer {clusterer!r}; known: {sorted(CLUSTERERS)} (or pass a function "
-                         "(features, k, key) -> labels)")
+        raise UserError(f"unknown clusterer {clusterer!r}; known: {sorted(CLUSTERERS)} (or pass a function "
+                        "(features, k, key) -> labels)")
     return CLUSTERERS[clusterer](**options)

@@ -15,18 +15,20 @@ from typing import Any
 
 import ml_collections
 
+from jaxfold.errors import MissingFile, UserError
+
 
 def load(spec: str) -> ml_collections.ConfigDict:
     """Load ``path.py`` or ``path.py:arg`` and call its ``get_config``."""
     path, _, arg = spec.partition(":")
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"config file {path} does not exist (configs live in configs/*.py)")
+        raise MissingFile(f"config file {path} does not exist (configs live in configs/*.py)")
     module_spec = importlib.util.spec_from_file_location(f"jaxfold_config_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
-        raise AttributeError(f"config file {path} defines no get_config()")
+        raise UserError(f"config file {path} defines no get_config()")
     config = module.get_config(arg) if arg else module.get_config()
     return config
 
@@ -56,13 +58,13 @@ def _parse(raw: str, current: Any, key: str) -> Any:
         # a list field from a comma-separated value: --config.sweep.variants=fold:none,ifm:none, ratios=0.5
         value = tuple(_literal(part) for part in raw.split(",")) if isinstance(value, str) else (value,)
     if isinstance(current, bool) and not isinstance(value, bool):
-        raise ValueError(f"--config.{key} expects True/False, got {raw!r}")
+        raise UserError(f"--config.{key} expects True/False, got {raw!r}")
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(current, (list, tuple)) and isinstance(value, (list, tuple)):
         return type(current)(value)
     if type(value) is not type(current):
-        raise ValueError(f"--config.{key} expects a {type(current).__name__} (now {current!r}), got {raw!r}")
+        raise UserError(f"--config.{key} expects a {type(current).__name__} (now {current!r}), got {raw!r}")
     return value
 
 
@@ -74,16 +76,16 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
         text = item.removeprefix("--").removeprefix("config.")
         key, sep, raw = text.partition("=")
         if not sep:
-            raise ValueError(f"override {item!r} must look like --config.{key}=VALUE")
+            raise UserError(f"override {item!r} must look like --config.{key}=VALUE")
         parent, _, leaf = key.rpartition(".")
         node = config
         for part in parent.split(".") if parent else []:
             node = node.get(part) if isinstance(node, ml_collections.ConfigDict) else None
         if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-            raise KeyError(f"unknown config key {key!r}; valid keys: {', '.join(valid)}")
+            raise UserError(f"unknown config key {key!r}; valid keys: {', '.join(valid)}")
         if isinstance(node[leaf], ml_collections.ConfigDict):
-            raise KeyError(f"{key!r} is a section; override one of its fields: "
-                           f"{', '.join(k for k in valid if k.startswith(key + '.'))}")
+            raise UserError(f"{key!r} is a section; override one of its fields: "
+                            f"{', '.join(k for k in valid if k.startswith(key + '.'))}")
         with node.unlocked():
             node[leaf] = _parse(raw, node[leaf], key)
     return config

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from jaxfold.data import fetch
+from jaxfold.errors import MissingFile, UserError
 from jaxfold.io import checkpoint
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -37,7 +38,7 @@ class LanguageModel:
 def smollm2_path() -> Path:
     path = fetch.dataset_dir("smollm2") / SMOLLM2_FILE
     if not path.exists():
-        raise FileNotFoundError(f"SmolLM2 is not fetched ({path} missing): run `jaxfold data fetch smollm2`")
+        raise MissingFile(f"SmolLM2 is not fetched ({path} missing): run `jaxfold data fetch smollm2`")
     return path
 
 
@@ -51,7 +52,7 @@ def load_tokenizer(source: str | os.PathLike) -> Any:
     from tokenizers import Tokenizer
 
     if not source.exists():
-        raise FileNotFoundError(f"tokenizer file {source} does not exist")
+        raise MissingFile(f"tokenizer file {source} does not exist")
     return Tokenizer.from_file(str(source))
 
 
@@ -70,16 +71,16 @@ def load_language_model(source: str | os.PathLike, dtype: str = "float32") -> La
 
         config, variables = load_hf_dir(path, dtype)
         if not (path / "tokenizer.json").exists():
-            raise FileNotFoundError(f"{path} has no tokenizer.json (needed to tokenise text)")
+            raise MissingFile(f"{path} has no tokenizer.json (needed to tokenise text)")
         return LanguageModel(config, variables, load_tokenizer(path / "tokenizer.json"), str(path / "tokenizer.json"))
     if checkpoint.exists(path):
         variables, config, meta = checkpoint.restore(path)
         if "tokenizer" not in meta:
-            raise ValueError(f"checkpoint {path} records no tokenizer (metadata key 'tokenizer'); it was not "
-                             "written by jaxfold's LLM commands")
+            raise UserError(f"checkpoint {path} records no tokenizer (metadata key 'tokenizer'); it was not "
+                            "written by jaxfold's LLM commands")
         return LanguageModel(config, variables, load_tokenizer(meta["tokenizer"]), meta["tokenizer"])
-    raise FileNotFoundError(f"{source}: not 'smollm2', a .gguf file, an HF checkpoint directory (config.json) or a "
-                            "jaxfold checkpoint")
+    raise MissingFile(f"{source}: not 'smollm2', a .gguf file, an HF checkpoint directory (config.json) or a "
+                      "jaxfold checkpoint")
 
 
 @functools.cache

@@ -14,6 +14,8 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from jaxfold.errors import UserError
+
 PAPER_LLAMA_RECIPE = ((11 / 32, 22 / 32, 0.10, 0.40), (22 / 32, 30 / 32, 0.20, 0.50))
 _GROUP = re.compile(r"block(\d+)\.(attn|mlp)$")
 
@@ -78,9 +80,9 @@ def calibrate(config: Any, schedule: str, target: float, tolerance: float = 0.00
     Bisection on the scale; widths are integers, so the achieved fraction is the closest reachable one from
     below or above within the search (reported, not assumed)."""
     if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; known: {sorted(SCHEDULES)}")
+        raise UserError(f"unknown schedule {schedule!r}; known: {sorted(SCHEDULES)}")
     if not 0.0 < target < 1.0:
-        raise ValueError(f"target sparsity must be in (0, 1), got {target}")
+        raise UserError(f"target sparsity must be in (0, 1), got {target}")
     ratios = SCHEDULES[schedule](config.num_layers)
     widths = group_widths(config)
     lo, hi = 0.0, 1.0 / max(max(a, m) for a, m in ratios)
@@ -93,6 +95,6 @@ def calibrate(config: Any, schedule: str, target: float, tolerance: float = 0.00
             break
         lo, hi = (mid, hi) if achieved < target else (lo, mid)
     if best[0] > tolerance:
-        raise ValueError(f"schedule {schedule!r} cannot reach {target:.3f} of the parameters within {tolerance} "
-                         f"(closest {best[2]:.4f})")
+        raise UserError(f"schedule {schedule!r} cannot reach {target:.3f} of the parameters within {tolerance} "
+                        f"(closest {best[2]:.4f})")
     return block_plan(ratios, best[1]), best[1], best[2]

@@ -31,10 +31,12 @@ from jaxfold.baselines import BASELINES
 from jaxfold.clustering import CLUSTERERS
 from jaxfold.compress import CompressedModel, correct, fold_model
 from jaxfold.corrections import get_correction
-from jaxfold.data.pipeline import normalize, subset_batches
+from jaxfold.data.pipeline import normalize
 from jaxfold.diagnostics import variance_ratios
+from jaxfold.errors import MissingFile, UserError
 from jaxfold.eval.classification import check_model_fits_data, evaluate_model
 from jaxfold.files import write_json_atomic, write_text_atomic
+from jaxfold.fold_run import CORRECTION_DATA, correction_inputs
 from jaxfold.io import checkpoint
 
 METHODS = ("fold", *BASELINES)
@@ -64,23 +66,25 @@ def grid(sweep: ml_collections.ConfigDict, language_model: bool = False) -> list
     the clustering ablation (the paper's Fig. 3)."""
     if language_model:
         return _lm_grid(sweep)
+    if bad := [r for r in sweep.ratios if not 0.0 <= float(r) < 1.0]:
+        raise UserError(f"sweep ratios are channel ratios in [0, 1); got {bad} (--config.sweep.ratios)")
     points = []
     for variant in sweep.variants:
         method, sep, corr = str(variant).partition(":")
         if not sep:
-            raise ValueError(f"sweep variant {variant!r} must look like method:correction, e.g. fold:fold_ar")
+            raise UserError(f"sweep variant {variant!r} must look like method:correction, e.g. fold:fold_ar")
         base, slash, clusterer = method.partition("/")
         if base not in METHODS:
-            raise ValueError(f"sweep variant {variant!r}: unknown method {base!r}; valid: {list(METHODS)}")
+            raise UserError(f"sweep variant {variant!r}: unknown method {base!r}; valid: {list(METHODS)}")
         if slash and (base != "fold" or clusterer not in CLUSTERERS):
-            raise ValueError(f"sweep variant {variant!r}: only fold takes a clusterer (fold/<clusterer>, e.g. "
-                             f"fold/spectral:repair), one of {sorted(CLUSTERERS)}")
+            raise UserError(f"sweep variant {variant!r}: only fold takes a clusterer (fold/<clusterer>, e.g. "
+                            f"fold/spectral:repair), one of {sorted(CLUSTERERS)}")
         if clusterer == "kmeans":  # one name per fold, so one point id per result
-            raise ValueError(f"sweep variant {variant!r}: plain fold clusters with k-means; write fold:{corr}")
+            raise UserError(f"sweep variant {variant!r}: plain fold clusters with k-means; write fold:{corr}")
         fix = get_correction(corr)
         if base != "fold" and fix.prepare is not None:
-            raise ValueError(f"sweep variant {variant!r}: {corr} changes what is clustered, so it only applies to "
-                             "fold (use none or repair with baselines)")
+            raise UserError(f"sweep variant {variant!r}: {corr} changes what is clustered, so it only applies to "
+                            "fold (use none or repair with baselines)")
         for ratio in sweep.ratios:
             for seed in sweep.seeds:
                 points.append(Point(method, corr, float(ratio), int(seed)))
@@ -94,8 +98,8 @@ def _lm_grid(sweep: ml_collections.ConfigDict) -> list[Point]:
     for variant in sweep.variants:
         method, sep, schedule = str(variant).partition(":")
         if not sep or method not in LM_METHODS or schedule not in SCHEDULES:
-            raise ValueError(f"language-model sweep variant {variant!r} must be method:schedule with method in "
-                             f"{list(LM_METHODS)} and schedule in {sorted(SCHEDULES)}")
+            raise UserError(f"language-model sweep variant {variant!r} must be method:schedule with method in "
+                            f"{list(LM_METHODS)} and schedule in {sorted(SCHEDULES)}")
         points += [Point(method, schedule, float(r), int(s)) for r in sweep.ratios for s in sweep.seeds]
     return points
 
@@ -164,8 +168,8 @@ def write_manifest(workdir: Path, config: ml_collections.ConfigDict) -> None:
         if _comparable(old) != _comparable(current):
             a, b = _comparable(old), _comparable(current)
             changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-            raise ValueError(f"{workdir} holds a sweep of a different config (sections differing: {changed}); "
-                             "use a new --workdir, or change only sweep.variants/ratios/seeds/imports to extend it")
+            raise UserError(f"{workdir} holds a sweep of a different config (sections differing: {changed}); "
+                            "use a new --workdir, or change only sweep.variants/ratios/seeds/imports to extend it")
     device = jax.devices()[0]
     write_json_atomic(path, {"config": current, "jaxfold": __version__, "jax": jax.__version__,
                              "device": f"{device.platform}:{getattr(device, 'device_kind', '')}",
@@ -184,10 +188,9 @@ class _Runner:
         self.variables, self.model, _ = checkpoint.restore(sc.checkpoint)
         self.data = load_data(config)
         check_model_fits_data(self.model, self.data)
-        self.batches = subset_batches(self.data, sc.repair_examples, seed=0)
+        self.batches, self.options = correction_inputs(sc, self.data)
         n = min(sc.variance_batch, len(self.data.test_images))
         self.probe = normalize(self.data.test_images[:n], self.data.mean, self.data.std)
-        self.options = {k: v for k, v in sc.items() if k.startswith("di_")}
         self._naive: dict[tuple[float, int, str], CompressedModel] = {}
 
     def compress(self, p: Point) -> CompressedModel:
@@ -324,9 +327,9 @@ def parse_shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(part) for part in text.split("/"))
     except ValueError:
-        raise ValueError(f"--shard must look like i/n with 0 ≤ i < n, e.g. 0/2; got {text!r}") from None
+        raise UserError(f"--shard must look like i/n with 0 ≤ i < n, e.g. 0/2; got {text!r}") from None
     if not 0 <= i < n:
-        raise ValueError(f"--shard {text}: need 0 ≤ i < n")
+        raise UserError(f"--shard {text}: need 0 ≤ i < n")
     return i, n
 
 
@@ -335,8 +338,8 @@ def _ensure_checkpoint(config: ml_collections.ConfigDict) -> None:
     if checkpoint.exists(sc.checkpoint):
         return
     if not sc.get("train_if_missing", False):
-        raise FileNotFoundError(f"no checkpoint at {sc.checkpoint}: train one (jaxfold train --config … "
-                                f"--workdir {Path(sc.checkpoint).parent}) or set --config.sweep.checkpoint")
+        raise MissingFile(f"no checkpoint at {sc.checkpoint}: train one (jaxfold train --config … "
+                          f"--workdir {Path(sc.checkpoint).parent}) or set --config.sweep.checkpoint")
     from jaxfold.train import train
 
     print(f"no checkpoint at {sc.checkpoint}: training it first ({config.train.epochs} epochs)")
@@ -347,7 +350,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | os.PathLike, sha
               progress: bool = True) -> list[dict[str, Any]]:
     """Run this shard's unfinished points; returns every record in the workdir afterwards."""
     if "sweep" not in config:
-        raise ValueError("the config has no `sweep` section (checkpoint, variants, ratios, seeds, …)")
+        raise UserError("the config has no `sweep` section (checkpoint, variants, ratios, seeds, …)")
     for module in config.sweep.get("imports", ()):  # user modules that register corrections or baselines
         importlib.import_module(module)
     language_model = "lm" in config
@@ -416,7 +419,7 @@ def cv_sweep_section(checkpoint: str, **changes: Any) -> dict[str, Any]:
     """The ``sweep`` section of the image-classification configs: the paper's CV methods (Fig. 6) over its
     channel ratios, per-layer variance ratios recorded at r = 0.5 (Fig. 4)."""
     section = dict(checkpoint=checkpoint, train_if_missing=True, imports=(), variants=PAPER_CV_VARIANTS,
-                   ratios=PAPER_CV_RATIOS, seeds=(0,), n_init=10, repair_examples=10_000,
-                   variance_ratio_at=(0.5,), variance_batch=500, di_steps=2000, di_batch_size=256)
+                   ratios=PAPER_CV_RATIOS, seeds=(0,), n_init=10, variance_ratio_at=(0.5,), variance_batch=500,
+                   **CORRECTION_DATA)
     section.update(changes)
     return section

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from jaxfold import models
 from jaxfold.data import images as image_data
 from jaxfold.data.pipeline import prefetch, train_batches
+from jaxfold.errors import UserError
 from jaxfold.eval.classification import check_model_fits_data, evaluate, inference_fn
 from jaxfold.files import write_text_atomic
 from jaxfold.io import checkpoint
@@ -90,8 +91,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     module = model_cfg.module()
     steps_per_epoch = len(data.train_images) // cfg.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"batch_size {cfg.batch_size} exceeds the {len(data.train_images)} training images of "
-                         f"{data.name}: lower --config.train.batch_size")
+        raise UserError(f"batch_size {cfg.batch_size} exceeds the {len(data.train_images)} training images of "
+                        f"{data.name}: lower --config.train.batch_size")
     tx = make_optimizer(cfg, steps_per_epoch)
     key = jax.random.key(cfg.seed)
     init_key, dropout_key = jax.random.split(key)

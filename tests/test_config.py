@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 
 from jaxfold import config as config_lib
+from jaxfold.errors import UserError
+from jaxfold.fold_run import check_fold_config
 from jaxfold.train import model_config
 
 CONFIGS = sorted(str(p) for p in (Path(__file__).parent.parent / "configs").glob("*.py"))
@@ -15,6 +17,8 @@ def test_every_config_loads_and_builds(path):
     config = config_lib.load(path)
     doc = Path(path).read_text().split('"""')[1]
     assert f"--config {Path(path).relative_to(Path(path).parent.parent)}" in doc  # docstring holds the launch command
+    if "fold" in config:  # what `jaxfold fold` checks before it loads a model
+        check_fold_config(config)
     if "lm" in config:  # language-model experiments name a model source instead of building one
         from jaxfold.sweep import grid
 
@@ -41,11 +45,11 @@ def test_config_arg_and_overrides():
 
 def test_bad_overrides_fail_with_valid_keys():
     path = "configs/resnet18_fmnist.py"
-    with pytest.raises(KeyError, match=r"unknown config key 'train.epoch'; valid keys: .*train\.epochs"):
+    with pytest.raises(UserError, match=r"unknown config key 'train.epoch'; valid keys: .*train\.epochs"):
         config_lib.load_with_overrides(path, ["--config.train.epoch=3"])
     with pytest.raises(ValueError, match="expects a int"):
         config_lib.load_with_overrides(path, ["--config.train.epochs=three"])
-    with pytest.raises(KeyError, match="is a section"):
+    with pytest.raises(UserError, match="is a section"):
         config_lib.load_with_overrides(path, ["--config.train=3"])
     with pytest.raises(ValueError, match="must look like"):
         config_lib.load_with_overrides(path, ["--config.train.epochs"])

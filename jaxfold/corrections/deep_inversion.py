@@ -38,6 +38,7 @@ import optax
 
 from jaxfold import tree as tree_lib
 from jaxfold.batch_stats import forward_with_bn_statistics, running_statistics
+from jaxfold.errors import UserError
 from jaxfold.files import write_bytes_atomic
 
 _CACHE_FORMAT = 1  # bump when the synthesis changes, so stale cache files are not reused
@@ -86,19 +87,19 @@ class DeepInversionOptions:
         for name in ("batch_size", "steps"):
             value = getattr(self, name)
             if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"DeepInversionOptions.{name} must be an integer >= 1, got {value!r}")
+                raise UserError(f"DeepInversionOptions.{name} must be an integer >= 1, got {value!r}")
         if not isinstance(self.jitter, int | np.integer) or isinstance(self.jitter, bool) or self.jitter < 0:
-            raise ValueError(f"DeepInversionOptions.jitter must be an integer >= 0 (pixels), got {self.jitter!r}")
+            raise UserError(f"DeepInversionOptions.jitter must be an integer >= 0 (pixels), got {self.jitter!r}")
         if not (np.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"DeepInversionOptions.lr must be a finite number > 0, got {self.lr!r}")
+            raise UserError(f"DeepInversionOptions.lr must be a finite number > 0, got {self.lr!r}")
         for name in ("bn_weight", "first_bn_multiplier", "ce_weight", "tv_weight", "l2_weight"):
             value = getattr(self, name)
             if not (isinstance(value, int | float | np.number) and np.isfinite(value) and value >= 0):
-                raise ValueError(f"DeepInversionOptions.{name} must be a finite number >= 0, got {value!r}")
+                raise UserError(f"DeepInversionOptions.{name} must be a finite number >= 0, got {value!r}")
         if self.targets not in ("random", "balanced"):
-            raise ValueError(f"DeepInversionOptions.targets must be 'random' or 'balanced', got {self.targets!r}")
+            raise UserError(f"DeepInversionOptions.targets must be 'random' or 'balanced', got {self.targets!r}")
         if self.bn_mode not in ("eval", "train"):
-            raise ValueError(f"DeepInversionOptions.bn_mode must be 'eval' or 'train', got {self.bn_mode!r}")
+            raise UserError(f"DeepInversionOptions.bn_mode must be 'eval' or 'train', got {self.bn_mode!r}")
 
 
 # ---------------------------------------------------------------------------------------------------- forward pass
@@ -110,13 +111,13 @@ def _check_model(model_config: Any, variables: dict[str, Any], train: bool) -> i
     logits, stats = jax.eval_shape(lambda v, x: forward_with_bn_statistics(module, v, x, train), variables, x)
     running = running_statistics(variables)
     if not stats or not running:
-        raise ValueError(f"DeepInversion needs BatchNorm running statistics to match, but the model "
-                         f"{type(model_config).__name__} has no BatchNorm layer (or its variables no 'batch_stats'); "
-                         "use a data-free correction that does not need them (fold_ar, none) or real data (repair)")
+        raise UserError(f"DeepInversion needs BatchNorm running statistics to match, but the model "
+                        f"{type(model_config).__name__} has no BatchNorm layer (or its variables no 'batch_stats'); "
+                        "use a data-free correction that does not need them (fold_ar, none) or real data (repair)")
     missing = sorted(set(stats) - set(running))
     if missing:
-        raise ValueError(f"BatchNorm layers {missing} have no running statistics in variables['batch_stats'] "
-                         f"(present: {sorted(running)})")
+        raise UserError(f"BatchNorm layers {missing} have no running statistics in variables['batch_stats'] "
+                        f"(present: {sorted(running)})")
     return int(logits.shape[-1])
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from jaxfold import tree as tree_lib
 from jaxfold.batch_stats import batchnorm_epsilons
 from jaxfold.corrections.registry import CorrectionContext, register_correction
+from jaxfold.errors import UserError
 from jaxfold.spec import FoldSpec, Group, Member
 
 MIN_DENOMINATOR = 1e-3
@@ -96,8 +97,8 @@ def cluster_factors(rows: np.ndarray, labels: np.ndarray, k: int,
 
 def _fuse(ctx: CorrectionContext) -> tuple[dict[str, Any], FoldSpec]:
     if not ctx.spec.norms:
-        raise ValueError(f"fold_ar needs BatchNorm layers to correct; {ctx.config.arch} has none in its fold spec "
-                         "(use 'repair' for BN-free networks)")
+        raise UserError(f"fold_ar needs BatchNorm layers to correct; {ctx.config.arch} has none in its fold spec "
+                        "(use 'repair' for BN-free networks)")
     epsilons = batchnorm_epsilons(ctx.config.module(), ctx.variables, ctx.config.input_shape)
     return fuse_batchnorm(ctx.variables, ctx.spec, epsilons), _fused_mean_as_feature(ctx.spec)
 

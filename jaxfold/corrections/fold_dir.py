@@ -16,6 +16,7 @@ import jax
 from jaxfold.corrections.deep_inversion import DeepInversionOptions, cached_synthesize
 from jaxfold.corrections.registry import CorrectionContext, register_correction
 from jaxfold.corrections.repair import repair_variables
+from jaxfold.errors import UserError
 from jaxfold.paths import cache_root
 
 
@@ -25,13 +26,16 @@ def deep_inversion_options(options: dict[str, Any]) -> DeepInversionOptions:
     chosen = {k.removeprefix("di_"): v for k, v in options.items() if k.startswith("di_") and k != "di_seed"}
     unknown = sorted(set(chosen) - fields)
     if unknown:
-        raise ValueError(f"unknown DeepInversion options {['di_' + u for u in unknown]}; valid: "
-                         f"{sorted('di_' + f for f in fields)} and di_seed")
+        raise UserError(f"unknown DeepInversion options {['di_' + u for u in unknown]}; valid: "
+                        f"{sorted('di_' + f for f in fields)} and di_seed")
     return DeepInversionOptions(**chosen)
 
 
 @register_correction("fold_dir", description="Fold-DIR: REPAIR on a cached DeepInversion batch of the original model")
 def fold_dir(ctx: CorrectionContext) -> dict[str, Any]:
+    if not ctx.variables.get("batch_stats"):  # before anything reads an image shape the model may not have
+        raise UserError(f"fold_dir synthesises images that match BatchNorm running statistics; {ctx.config.arch} "
+                        "has none (use a correction that does not need them)")
     options = deep_inversion_options(ctx.options)
     cache_dir = Path(ctx.options.get("cache_dir") or cache_root() / "deep_inversion")
     key = jax.random.key(int(ctx.options.get("di_seed", 0)))

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
+from jaxfold.errors import UserError
 from jaxfold.spec import FoldSpec
 
 if TYPE_CHECKING:
@@ -49,8 +50,8 @@ class CorrectionContext:
 
     def require_data(self, who: str) -> Batches:
         if self.data is None:
-            raise ValueError(f"correction {who!r} needs training data: pass data=… (a dataset or a function "
-                             "returning batches) or choose a data-free correction (none, fold_ar, fold_dir)")
+            raise UserError(f"correction {who!r} needs training data: pass data=… (a dataset or a function "
+                            "returning batches) or choose a data-free correction (none, fold_ar, fold_dir)")
         return self.data
 
 
@@ -83,8 +84,8 @@ def get_correction(correction: str | Correction) -> Correction:
     if isinstance(correction, Correction):
         return correction
     if correction not in CORRECTIONS:
-        raise ValueError(f"unknown correction {correction!r}; valid: {sorted(CORRECTIONS)} (or register one with "
-                         "jaxfold.corrections.register_correction)")
+        raise UserError(f"unknown correction {correction!r}; valid: {sorted(CORRECTIONS)} (or register one with "
+                        "jaxfold.corrections.register_correction)")
     return CORRECTIONS[correction]
 
 

@@ -23,6 +23,7 @@ from jaxfold import tree as tree_lib
 from jaxfold.batch_stats import batch_statistics
 from jaxfold.corrections.layers import Layer, layers, moments_fn
 from jaxfold.corrections.registry import Batches, CorrectionContext, register_correction
+from jaxfold.errors import UserError
 
 if TYPE_CHECKING:
     from jaxfold.models.base import ModelConfig
@@ -48,7 +49,7 @@ def recompute_bn_statistics(config: ModelConfig, variables: Mapping[str, Any], b
             acc[0], acc[1] = acc[0] + n * np.asarray(mean, np.float64), acc[1] + n * np.asarray(var, np.float64)
         count += n
     if not count:
-        raise ValueError("repair got no data: the batches function yielded nothing")
+        raise UserError("repair got no data: the batches function yielded nothing")
     flat = tree_lib.flatten(variables)
     for path, (mean_sum, var_sum) in sums.items():
         for name, value in (("mean", mean_sum), ("var", var_sum)):
@@ -84,7 +85,7 @@ def _rescale(flat: dict[str, Any], layer: Layer, k: int, scale: np.ndarray, shif
     flat[m.path] = m.from_channel_first(rows, np.shape(kernel), k).astype(np.asarray(kernel).dtype)
     bias_path = f"params/{layer.producer_module}/bias"
     if bias_path not in flat:
-        raise ValueError(f"REPAIR needs a bias on {layer.producer_module} to shift its mean (no BatchNorm follows)")
+        raise UserError(f"REPAIR needs a bias on {layer.producer_module} to shift its mean (no BatchNorm follows)")
     bias = np.asarray(flat[bias_path])
     flat[bias_path] = (bias * scale + shift).astype(bias.dtype)
 

@@ -21,6 +21,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from jaxfold.errors import MissingFile, UserError
 from jaxfold.paths import cache_root
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -44,7 +45,7 @@ SHA256 = {
 _FMNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 
 
-class DatasetMissing(FileNotFoundError):
+class DatasetMissing(MissingFile):
     """A dataset is not where it should be; the message names the command or path that provides it."""
 
 
@@ -64,8 +65,8 @@ def _verify(name: str, directory: Path) -> None:
             raise DatasetMissing(f"{name}: {path} is missing")
         digest = hashlib.sha256(gzip.decompress(path.read_bytes())).hexdigest()
         if digest != SHA256[name][f]:
-            raise ValueError(f"{name}: {path} decodes to SHA-256 {digest}, expected {SHA256[name][f]} "
-                             "(corrupt or a different dataset); delete it and fetch again")
+            raise UserError(f"{name}: {path} decodes to SHA-256 {digest}, expected {SHA256[name][f]} "
+                            "(corrupt or a different dataset); delete it and fetch again")
 
 
 def _collect_from(name: str, source: Path, staging: Path) -> None:
@@ -180,8 +181,8 @@ def _verify_files(name: str, directory: Path) -> None:
         if not path.is_file():
             raise DatasetMissing(f"{name}: {path} is missing")
         if (digest := _sha256_file(path)) != expected:
-            raise ValueError(f"{name}: {path} has SHA-256 {digest}, expected {expected} "
-                             "(corrupt or a different version); delete it and fetch again")
+            raise UserError(f"{name}: {path} has SHA-256 {digest}, expected {expected} "
+                            "(corrupt or a different version); delete it and fetch again")
 
 
 def _extract_package(name: str, archive: Path, staging: Path) -> None:
@@ -247,8 +248,8 @@ def is_fetched(name: str) -> bool:
 def fetch(name: str, *, source: str | os.PathLike | None = None, force: bool = False) -> Path:
     """Fetch and verify ``name`` into the cache (or copy it from ``source``); returns its directory."""
     if name not in FETCHABLE:
-        raise ValueError(f"cannot fetch {name!r}; fetchable: {list(FETCHABLE)}. CIFAR-10/100 and ImageNet-style "
-                         "folders are read from a path you give (`--config.data.path=DIR`).")
+        raise UserError(f"cannot fetch {name!r}; fetchable: {list(FETCHABLE)}. CIFAR-10/100 and ImageNet-style "
+                        "folders are read from a path you give (`--config.data.path=DIR`).")
     target = dataset_dir(name)
     if is_fetched(name) and not force:
         return target

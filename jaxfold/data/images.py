@@ -15,6 +15,7 @@ import numpy as np
 
 from jaxfold.data.fetch import DatasetMissing, dataset_dir, is_fetched
 from jaxfold.data.idx import read_idx
+from jaxfold.errors import UserError
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _STATS = {  # per-channel mean/std of the training images in [0, 1]
@@ -125,7 +126,7 @@ def _imagefolder(path: str | os.PathLike | None, image_size: int) -> ImageDatase
         xs, ys = [], []
         for c in sorted(p.name for p in (root / split).iterdir() if p.is_dir()):
             if c not in index:
-                raise ValueError(f"imagefolder: class {c!r} in {split}/ does not exist in train/ ({classes})")
+                raise UserError(f"imagefolder: class {c!r} in {split}/ does not exist in train/ ({classes})")
             for f in sorted((root / split / c).iterdir()):
                 if f.suffix.lower() in _IMAGE_EXTS:
                     xs.append(_read_image(f, image_size))
@@ -147,4 +148,4 @@ def load(name: str, path: str | os.PathLike | None = None, image_size: int = 224
         return _cifar(name, path)
     if name == "imagefolder":
         return _imagefolder(path, image_size)
-    raise ValueError(f"unknown dataset {name!r}; known: {list(DATASETS)}")
+    raise UserError(f"unknown dataset {name!r}; known: {list(DATASETS)}")

@@ -13,6 +13,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxfold.errors import UserError
+
 
 def normalize(images: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
     """uint8 NHWC → float32, per-channel standardised."""
@@ -94,7 +96,7 @@ def subset_batches(dataset: Any, examples: int, batch_size: int = 500,
     """A function yielding a fixed random subset of ``examples`` training images (no augmentation), normalised,
     in batches: the data REPAIR recomputes statistics from (the same images on every call)."""
     if examples < 1 or batch_size < 1:
-        raise ValueError(f"repair needs examples ≥ 1 and batch_size ≥ 1, got {examples}, {batch_size}")
+        raise UserError(f"repair needs examples ≥ 1 and batch_size ≥ 1, got {examples}, {batch_size}")
     n = len(dataset.train_images)
     index = np.sort(np.random.default_rng(seed).permutation(n)[: min(examples, n)])
 

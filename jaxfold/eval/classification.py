@@ -16,6 +16,7 @@ import numpy as np
 import optax
 
 from jaxfold.data.pipeline import eval_batches, prefetch
+from jaxfold.errors import UserError
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -45,11 +46,11 @@ def evaluate(apply_fn: ApplyFn, variables: Any, images: np.ndarray, labels: np.n
 def check_model_fits_data(model_config: Any, data: Any) -> None:
     """Refuse a model/dataset pair whose input shape or class count differ, saying which field to change."""
     if data.image_shape != model_config.input_shape:
-        raise ValueError(f"dataset {data.name} gives images of shape {data.image_shape} but the model expects "
-                         f"{model_config.input_shape}; set --config.model.image_size / in_channels to match")
+        raise UserError(f"dataset {data.name} gives images of shape {data.image_shape} but the model expects "
+                        f"{model_config.input_shape}; set --config.model.image_size / in_channels to match")
     if data.num_classes != model_config.num_classes:
-        raise ValueError(f"dataset {data.name} has {data.num_classes} classes, the model has "
-                         f"{model_config.num_classes}: set --config.model.num_classes={data.num_classes}")
+        raise UserError(f"dataset {data.name} has {data.num_classes} classes, the model has "
+                        f"{model_config.num_classes}: set --config.model.num_classes={data.num_classes}")
 
 
 def evaluate_model(model_config: Any, variables: Any, data: Any, batch_size: int = 500) -> dict[str, float]:

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfold.errors import UserError
 from jaxfold.eval.token_logprob import next_token_logprobs
 
 LogitsFn = Callable[[Any, jax.Array], jax.Array]  # (variables, ids (B, T)) -> logits (B, T, V)
@@ -33,11 +34,11 @@ def windows(token_ids: np.ndarray, seqlen: int) -> np.ndarray:
     """(floor(N / seqlen), seqlen) non-overlapping windows; a text shorter than one window is an error."""
     token_ids = np.asarray(token_ids, np.int32).reshape(-1)
     if seqlen < 2:
-        raise ValueError(f"seqlen must be ≥ 2 (one predicted token per window at least), got {seqlen}")
+        raise UserError(f"seqlen must be ≥ 2 (one predicted token per window at least), got {seqlen}")
     count = len(token_ids) // seqlen
     if count == 0:
-        raise ValueError(f"the text has {len(token_ids)} tokens, fewer than one window of seqlen={seqlen}: "
-                         "use a longer text or a smaller --seqlen")
+        raise UserError(f"the text has {len(token_ids)} tokens, fewer than one window of seqlen={seqlen}: "
+                        "use a longer text or a smaller --seqlen")
     return token_ids[: count * seqlen].reshape(count, seqlen)
 
 
@@ -50,7 +51,7 @@ def perplexity(logits_fn: LogitsFn, variables: Any, token_ids: np.ndarray, seqle
     w = windows(token_ids, seqlen)
     if max_windows is not None:
         if max_windows < 1:
-            raise ValueError(f"max_windows must be ≥ 1, got {max_windows}")
+            raise UserError(f"max_windows must be ≥ 1, got {max_windows}")
         w = w[:max_windows]
     variables = jax.device_put(variables)  # once, not with every window (numpy leaves would be copied each call)
     t0 = time.perf_counter()

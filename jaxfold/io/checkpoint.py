@@ -21,13 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfold import tree as tree_lib
+from jaxfold.errors import MissingFile, UserError
 from jaxfold.models.base import ModelConfig, config_from_dict
 
 SIDECAR = "jaxfold.json"
 _ARRAYS = "arrays"
 
 
-class CheckpointMismatch(ValueError):
+class CheckpointMismatch(UserError):
     """The stored variables do not match what the model config (or caller) expects."""
 
 
@@ -127,8 +128,8 @@ def save(path: str | os.PathLike, variables: dict, model_config: ModelConfig, *,
 def read_sidecar(path: str | os.PathLike) -> dict:
     path = _resolve(path)
     if not (path / SIDECAR).is_file():
-        raise FileNotFoundError(f"no jaxfold checkpoint at {path} (missing {SIDECAR}); train or fold a model "
-                                "first, e.g. `jaxfold train --config configs/resnet18_fmnist.py --workdir W`")
+        raise MissingFile(f"no jaxfold checkpoint at {path} (missing {SIDECAR}); train or fold a model "
+                          "first, e.g. `jaxfold train --config configs/resnet18_fmnist.py --workdir W`")
     return json.loads((path / SIDECAR).read_text())
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxfold.errors import UserError
 from jaxfold.io.hf_import import convert_state_dict, llama_config_from_hf
 from jaxfold.models.llama import LlamaConfig
 
@@ -68,24 +69,24 @@ def _hf_config(meta: Mapping[str, Any], tensor_names: set[str], source: str) -> 
         if key in meta:
             return meta[key]
         if default is KeyError:
-            raise ValueError(f"{source}: GGUF metadata lacks {key!r}")
+            raise UserError(f"{source}: GGUF metadata lacks {key!r}")
         return default
 
     arch = get("general.architecture")
     if arch != "llama":
-        raise ValueError(f"{source}: architecture {arch!r} is not supported (only 'llama')")
+        raise UserError(f"{source}: architecture {arch!r} is not supported (only 'llama')")
     scaling = get("llama.rope.scaling.type", "none")
     if scaling != "none" or "rope_freqs.weight" in tensor_names:
-        raise ValueError(f"{source}: RoPE scaling ({scaling}, rope_freqs) is not supported")
+        raise UserError(f"{source}: RoPE scaling ({scaling}, rope_freqs) is not supported")
     for key in ("llama.feed_forward_length", "llama.attention.head_count", "llama.attention.head_count_kv"):
         if isinstance(meta.get(key), list):
-            raise ValueError(f"{source}: per-layer {key} is not supported")
+            raise UserError(f"{source}: per-layer {key} is not supported")
     hidden, heads = int(get("llama.embedding_length")), int(get("llama.attention.head_count"))
     head_dim = int(get("llama.attention.key_length", hidden // heads))
     if int(get("llama.attention.value_length", head_dim)) != head_dim:
-        raise ValueError(f"{source}: key and value head sizes differ")
+        raise UserError(f"{source}: key and value head sizes differ")
     if int(get("llama.rope.dimension_count", head_dim)) != head_dim:
-        raise ValueError(f"{source}: partial rotary embeddings are not supported")
+        raise UserError(f"{source}: partial rotary embeddings are not supported")
     tokens = get("tokenizer.ggml.tokens")
     config = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
@@ -102,7 +103,7 @@ def _hf_config(meta: Mapping[str, Any], tensor_names: set[str], source: str) -> 
         if f"tokenizer.ggml.{theirs}_token_id" in meta:
             config[f"{ours}_token_id"] = int(meta[f"tokenizer.ggml.{theirs}_token_id"])
     if int(get("llama.vocab_size", len(tokens))) != len(tokens):
-        raise ValueError(f"{source}: llama.vocab_size {meta['llama.vocab_size']} != {len(tokens)} tokens")
+        raise UserError(f"{source}: llama.vocab_size {meta['llama.vocab_size']} != {len(tokens)} tokens")
     return config
 
 
@@ -112,7 +113,7 @@ def _hf_name(name: str) -> str:
         return f"model.layers.{int(parts[1])}.{_LAYER_NAMES[parts[2]]}.weight"
     if len(parts) == 2 and parts[0] in _GLOBAL_NAMES and parts[1] == "weight":
         return f"{_GLOBAL_NAMES[parts[0]]}.weight"
-    raise ValueError(f"unexpected GGUF tensor {name!r} for a llama model")
+    raise UserError(f"unexpected GGUF tensor {name!r} for a llama model")
 
 
 def expected_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -159,18 +160,18 @@ def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.nda
     for t in reader.tensors:
         name = _hf_name(t.name)
         if name not in shapes:
-            raise ValueError(f"{source}: tensor {t.name} ({name}) is not part of a {config['num_hidden_layers']}"
-                             "-block llama with these settings")
+            raise UserError(f"{source}: tensor {t.name} ({name}) is not part of a {config['num_hidden_layers']}"
+                            "-block llama with these settings")
         w = np.array(dequantize(t.data, t.tensor_type), dtype=np.float32)  # a copy: the reader's data is a memmap
         if w.shape != shapes[name]:
-            raise ValueError(f"{source}: {t.name} has shape {w.shape} (GGUF dims {list(t.shape)}), the metadata "
-                             f"implies {shapes[name]} for {name}")
+            raise UserError(f"{source}: {t.name} has shape {w.shape} (GGUF dims {list(t.shape)}), the metadata "
+                            f"implies {shapes[name]} for {name}")
         module = name.split(".")[-2]
         if (key := f"self_attn.{module}") in heads:
             w = unpermute_qk(w, heads[key])
         tensors[name] = w
     if missing := sorted(set(shapes) - set(tensors)):
-        raise ValueError(f"{source}: {len(missing)} tensor(s) missing, e.g. {missing[:3]}")
+        raise UserError(f"{source}: {len(missing)} tensor(s) missing, e.g. {missing[:3]}")
     return config, tensors, {k: v for k, v in meta.items() if k.startswith("tokenizer.")}
 
 
@@ -191,14 +192,14 @@ def gguf_tokenizer(path_or_metadata: str | os.PathLike | Mapping[str, Any]):
     meta = path_or_metadata if isinstance(path_or_metadata, Mapping) else read_gguf_metadata(path_or_metadata)[1]
     kind, pre = meta.get("tokenizer.ggml.model"), meta.get("tokenizer.ggml.pre", "gpt-2")
     if kind != "gpt2":
-        raise ValueError(f"tokenizer.ggml.model {kind!r} is not supported (only the byte-level BPE 'gpt2')")
+        raise UserError(f"tokenizer.ggml.model {kind!r} is not supported (only the byte-level BPE 'gpt2')")
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     if pre in _DIGITS_THEN_GPT2:
         pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
     elif pre in _GPT2:
         pre_tokenizer = byte_level
     else:
-        raise ValueError(f"tokenizer.ggml.pre {pre!r} is not supported (known: {[*_DIGITS_THEN_GPT2, *_GPT2]})")
+        raise UserError(f"tokenizer.ggml.pre {pre!r} is not supported (known: {[*_DIGITS_THEN_GPT2, *_GPT2]})")
     tokens = list(meta["tokenizer.ggml.tokens"])
     merges = [tuple(m.split(" ", 1)) for m in meta.get("tokenizer.ggml.merges", [])]
     tok = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, fuse_unk=False))

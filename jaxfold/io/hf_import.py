@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from jaxfold import tree as tree_lib
+from jaxfold.errors import MissingFile, UserError
 from jaxfold.files import write_json_atomic
 from jaxfold.models.llama import DTYPES, ROPE_SCALING_KEYS, LlamaConfig, rope_inv_freq
 
@@ -54,29 +55,29 @@ def _rope_from_hf(cfg: Mapping[str, Any]) -> tuple[float, dict[str, Any] | None]
     scaling, params = cfg.get("rope_scaling"), cfg.get("rope_parameters")
     for name, value in (("rope_scaling", scaling), ("rope_parameters", params)):
         if value is not None and not isinstance(value, Mapping):
-            raise ValueError(f"config field {name}: expected a dict or null, got {value!r}")
+            raise UserError(f"config field {name}: expected a dict or null, got {value!r}")
         if isinstance(value, Mapping) and any(isinstance(v, Mapping) for v in value.values()):
-            raise ValueError(f"config field {name}: per-layer-type RoPE parameters are not supported: {value}")
+            raise UserError(f"config field {name}: per-layer-type RoPE parameters are not supported: {value}")
     if scaling and params:  # transformers 5 gives rope_scaling priority; refuse if they would disagree
         clash = sorted(k for k in set(scaling) & set(params) if scaling[k] != params[k])
         if clash:
-            raise ValueError(f"config fields rope_scaling and rope_parameters disagree on {clash}")
+            raise UserError(f"config fields rope_scaling and rope_parameters disagree on {clash}")
     rope = {**(params or {}), **(scaling or {})}
     if "rope_theta" in rope and "rope_theta" in cfg and float(rope["rope_theta"]) != float(cfg["rope_theta"]):
-        raise ValueError(f"config field rope_theta {cfg['rope_theta']} disagrees with rope_parameters.rope_theta "
-                         f"{rope['rope_theta']}")
+        raise UserError(f"config field rope_theta {cfg['rope_theta']} disagrees with rope_parameters.rope_theta "
+                        f"{rope['rope_theta']}")
     theta = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if float(rope.get("partial_rotary_factor", 1.0)) != 1.0:
-        raise ValueError(f"config field rope partial_rotary_factor={rope['partial_rotary_factor']} is not supported")
+        raise UserError(f"config field rope partial_rotary_factor={rope['partial_rotary_factor']} is not supported")
     if rope_type == "default":
         extra = sorted(set(rope) - _ROPE_BASE_KEYS)
         if extra:
-            raise ValueError(f"config field rope parameters {extra} are not supported with the default RoPE")
+            raise UserError(f"config field rope parameters {extra} are not supported with the default RoPE")
         return theta, None
     if rope_type not in ROPE_SCALING_KEYS:
-        raise ValueError(f"config field rope_type={rope_type!r} is not implemented; supported: "
-                         f"{['default', *sorted(ROPE_SCALING_KEYS)]}")
+        raise UserError(f"config field rope_type={rope_type!r} is not implemented; supported: "
+                        f"{['default', *sorted(ROPE_SCALING_KEYS)]}")
     keys = ROPE_SCALING_KEYS[rope_type]
     if rope_type == "llama3" and "original_max_position_embeddings" not in rope:
         # transformers' fallback when a llama3 config omits it
@@ -84,7 +85,7 @@ def _rope_from_hf(cfg: Mapping[str, Any]) -> tuple[float, dict[str, Any] | None]
     extra = sorted(set(rope) - _ROPE_BASE_KEYS - set(keys))
     missing = sorted(set(keys) - set(rope))
     if extra or missing:
-        raise ValueError(f"config field rope parameters for {rope_type!r}: unsupported {extra}, missing {missing}")
+        raise UserError(f"config field rope parameters for {rope_type!r}: unsupported {extra}, missing {missing}")
     out: dict[str, Any] = {"rope_type": rope_type}
     for k in keys:
         out[k] = int(rope[k]) if k == "original_max_position_embeddings" else float(rope[k])
@@ -100,13 +101,13 @@ def llama_config_from_hf(config_json: Mapping[str, Any], dtype: str = "float32")
     cfg = dict(config_json)
     unknown = sorted(set(cfg) - _USED - set(_REQUIRED) - _HARMLESS)
     if unknown:
-        raise ValueError(f"unsupported config fields {unknown}: jaxfold's LLaMA does not know how they change the "
-                         "model, so it refuses to convert it")
+        raise UserError(f"unsupported config fields {unknown}: jaxfold's LLaMA does not know how they change the "
+                        "model, so it refuses to convert it")
     for name, want in _REQUIRED.items():
         if name in cfg and cfg[name] != want and not (want in ({}, None) and not cfg[name]):
-            raise ValueError(f"unsupported config field {name}={cfg[name]!r}: only {want!r} is implemented")
+            raise UserError(f"unsupported config field {name}={cfg[name]!r}: only {want!r} is implemented")
     if dtype not in DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        raise UserError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
     get = lambda k: cfg[k] if cfg.get(k) is not None else _DEFAULTS[k]
     n_layers, heads = int(get("num_hidden_layers")), int(get("num_attention_heads"))
     kv_heads = int(cfg.get("num_key_value_heads") or heads)
@@ -142,7 +143,7 @@ def _numpy(name: str, value: Any) -> np.ndarray:
         value = (value.float() if value.is_floating_point() else value).numpy()
     arr = np.asarray(value)
     if arr.dtype.kind not in "fV" and arr.dtype.name != "bfloat16":
-        raise ValueError(f"{name}: expected a floating-point tensor, got {arr.dtype}")
+        raise UserError(f"{name}: expected a floating-point tensor, got {arr.dtype}")
     return arr
 
 
@@ -190,7 +191,7 @@ def convert_state_dict(config: LlamaConfig, tensors: Mapping[str, Any]) -> dict[
             problems.append(f"unexpected {name}: shape {tuple(np.shape(tensors[name]))}")
     if problems:
         head = "\n  ".join(problems[:20]) + (f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else "")
-        raise ValueError(f"HF LLaMA tensors do not match the config:\n  {head}")
+        raise UserError(f"HF LLaMA tensors do not match the config:\n  {head}")
     return tree_lib.unflatten(flat)
 
 
@@ -231,24 +232,24 @@ def _tensor_files(path: Path) -> dict[str, Path]:
     if index.is_file():
         weight_map = json.loads(index.read_text()).get("weight_map")
         if not isinstance(weight_map, dict):
-            raise ValueError(f"{index} has no 'weight_map'")
+            raise UserError(f"{index} has no 'weight_map'")
         files = {name: path / shard for name, shard in weight_map.items()}
         absent = sorted({str(p.name) for p in files.values() if not p.is_file()})
         if absent:
-            raise FileNotFoundError(f"{path}: shards listed in model.safetensors.index.json are missing: {absent}")
+            raise MissingFile(f"{path}: shards listed in model.safetensors.index.json are missing: {absent}")
         for shard in sorted(set(files.values())):  # the index must describe the shards exactly
             with st.safe_open(str(shard), framework="numpy") as f:
                 names = set(f.keys())
             listed = {n for n, p in files.items() if p == shard}
             if names != listed:
-                raise ValueError(f"{shard.name}: holds {sorted(names - listed)[:5]} not in the index and lacks "
-                                 f"{sorted(listed - names)[:5]} that the index lists")
+                raise UserError(f"{shard.name}: holds {sorted(names - listed)[:5]} not in the index and lacks "
+                                f"{sorted(listed - names)[:5]} that the index lists")
         return files
     have = sorted(p.name for p in path.iterdir())
     hint = " (PyTorch .bin checkpoints are not read: convert them to safetensors)" if any(
         h.endswith(".bin") for h in have) else ""
-    raise FileNotFoundError(f"{path} has neither model.safetensors nor model.safetensors.index.json; found "
-                            f"{have}{hint}")
+    raise MissingFile(f"{path} has neither model.safetensors nor model.safetensors.index.json; found "
+                      f"{have}{hint}")
 
 
 def load_hf_dir(path: str | os.PathLike, dtype: str = "float32") -> tuple[LlamaConfig, dict[str, Any]]:
@@ -256,11 +257,11 @@ def load_hf_dir(path: str | os.PathLike, dtype: str = "float32") -> tuple[LlamaC
     ``model.safetensors.index.json`` + shards. Parameters are numpy arrays in ``dtype``."""
     path = Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"no HF checkpoint directory at {path}")
+        raise MissingFile(f"no HF checkpoint directory at {path}")
     config_file = path / "config.json"
     if not config_file.is_file():
-        raise FileNotFoundError(f"{path} has no config.json (a HF checkpoint directory needs config.json and "
-                                "model.safetensors or model.safetensors.index.json)")
+        raise MissingFile(f"{path} has no config.json (a HF checkpoint directory needs config.json and "
+                          "model.safetensors or model.safetensors.index.json)")
     config = llama_config_from_hf(json.loads(config_file.read_text()), dtype=dtype)
     return config, convert_state_dict(config, _LazyTensors(_tensor_files(path)))
 
@@ -269,9 +270,9 @@ def hf_config_dict(config: LlamaConfig) -> dict[str, Any]:
     """The HF ``config.json`` of a uniform-width config, loadable by transformers 4.x (``rope_theta`` +
     ``rope_scaling``) and 5.x (``rope_parameters``, which 5.x reads in preference)."""
     if not config.is_uniform():
-        raise ValueError("HF LlamaConfig needs the same widths in every block; this model has per-block "
-                         f"num_heads={config.num_heads}, num_kv_heads={config.num_kv_heads}, "
-                         f"intermediate_sizes={config.intermediate_sizes}")
+        raise UserError("HF LlamaConfig needs the same widths in every block; this model has per-block "
+                        f"num_heads={config.num_heads}, num_kv_heads={config.num_kv_heads}, "
+                        f"intermediate_sizes={config.intermediate_sizes}")
     scaling = dict(config.rope_scaling) if config.rope_scaling else None
     rope_parameters = {"rope_theta": config.rope_theta, **(scaling or {"rope_type": "default"})}
     return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": config.vocab_size,

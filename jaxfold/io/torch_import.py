@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from jaxfold import tree as tree_lib
+from jaxfold.errors import MissingFile, UserError
 from jaxfold.models.base import ModelConfig
 from jaxfold.models.resnet import ResNetConfig
 from jaxfold.models.vgg import VGGConfig
@@ -61,7 +62,7 @@ def _dense(t: str, f: str, layout: Layout = _DENSE) -> list[Rule]:
 def resnet_rules(cfg: ResNetConfig, naming: str) -> list[Rule]:
     """torchvision (``downsample``, ``fc``) or kuangliu (``shortcut``, ``linear``); both name blocks ``layerS.B``."""
     if naming not in RESNET_NAMINGS:
-        raise ValueError(f"unknown ResNet naming {naming!r}; choose one of {RESNET_NAMINGS}")
+        raise UserError(f"unknown ResNet naming {naming!r}; choose one of {RESNET_NAMINGS}")
     proj = "downsample" if naming == "torchvision" else "shortcut"
     rules = _conv("conv1", "conv1") + _bn("bn1", "bn1")
     n_convs = 2 if cfg.block == "basic" else 3
@@ -94,8 +95,8 @@ def detect_naming(state_dict: Mapping[str, Any], model_config: ModelConfig) -> s
     torchvision = "fc.weight" in keys or any(".downsample." in k for k in keys)
     if kuangliu == torchvision:
         found = "both" if kuangliu else "neither"
-        raise ValueError(f"cannot tell the ResNet naming: found {found} of 'fc.weight'/'.downsample.' (torchvision) "
-                         f"and 'linear.weight'/'.shortcut.' (kuangliu); pass naming= one of {RESNET_NAMINGS}")
+        raise UserError(f"cannot tell the ResNet naming: found {found} of 'fc.weight'/'.downsample.' (torchvision) "
+                        f"and 'linear.weight'/'.shortcut.' (kuangliu); pass naming= one of {RESNET_NAMINGS}")
     return "kuangliu" if kuangliu else "torchvision"
 
 
@@ -105,7 +106,7 @@ def _to_numpy(key: str, value: Any) -> np.ndarray:
         value = (value.float() if value.is_floating_point() else value).numpy()  # bf16 has no numpy dtype
     arr = np.asarray(value)
     if arr.dtype.kind not in "fiu":
-        raise ValueError(f"{key}: expected a tensor or numeric array, got {type(value).__name__} ({arr.dtype})")
+        raise UserError(f"{key}: expected a tensor or numeric array, got {type(value).__name__} ({arr.dtype})")
     return arr.astype(np.float32)
 
 
@@ -120,7 +121,7 @@ def import_state_dict(state_dict: Mapping[str, Any], model_config: ModelConfig, 
     Any missing, leftover (other than ``num_batches_tracked``) or mis-shaped key raises ValueError naming it.
     """
     if not isinstance(state_dict, Mapping):
-        raise ValueError(f"expected a state dict (mapping of name → tensor), got {type(state_dict).__name__}")
+        raise UserError(f"expected a state dict (mapping of name → tensor), got {type(state_dict).__name__}")
     sd = dict(state_dict)
     if sd and all(isinstance(k, str) and k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}  # saved from a DataParallel wrapper
@@ -129,11 +130,11 @@ def import_state_dict(state_dict: Mapping[str, Any], model_config: ModelConfig, 
         rules = resnet_rules(model_config, naming)
     elif isinstance(model_config, VGGConfig):
         if naming not in (None, "torchvision"):
-            raise ValueError(f"VGG supports only torchvision naming, got naming={naming!r}")
+            raise UserError(f"VGG supports only torchvision naming, got naming={naming!r}")
         naming, rules = "torchvision", vgg_rules(model_config)
     else:
-        raise ValueError(f"no PyTorch importer for {type(model_config).__name__} (arch {model_config.arch!r}); "
-                         "supported: resnet (ResNetConfig), vgg (VGGConfig)")
+        raise UserError(f"no PyTorch importer for {type(model_config).__name__} (arch {model_config.arch!r}); "
+                        "supported: resnet (ResNetConfig), vgg (VGGConfig)")
 
     abstract = model_config.abstract_variables()
     expected = {p: s for p, (s, _) in tree_lib.shapes(abstract).items()}
@@ -161,13 +162,13 @@ def import_state_dict(state_dict: Mapping[str, Any], model_config: ModelConfig, 
         problems = tree_lib.compare(abstract, variables)
     if problems:
         head = "\n  ".join(problems[:20]) + (f"\n  … and {len(problems) - 20} more" if len(problems) > 20 else "")
-        raise ValueError(f"PyTorch state dict does not match {model_config.arch} ({naming} naming):\n  {head}")
+        raise UserError(f"PyTorch state dict does not match {model_config.arch} ({naming} naming):\n  {head}")
     return variables
 
 
 def _unwrap(obj: Any, path: str) -> Mapping[str, Any]:
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict")
+        raise UserError(f"{path} holds a {type(obj).__name__}, not a state dict")
     for key in ("state_dict", "model"):  # common training-script wrappers
         if isinstance(obj.get(key), Mapping):
             return obj[key]
@@ -182,10 +183,10 @@ def load_torch_file(path: str | os.PathLike, model_config: ModelConfig, naming: 
         raise ImportError("loading a PyTorch checkpoint needs torch: pip install torch") from e
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"no PyTorch checkpoint at {path}")
+        raise MissingFile(f"no PyTorch checkpoint at {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise ValueError(f"{path} is not a plain state dict (torch.load(weights_only=True) refused it); "
-                         f"save model.state_dict() instead: {e}") from e
+        raise UserError(f"{path} is not a plain state dict (torch.load(weights_only=True) refused it); "
+                        f"save model.state_dict() instead: {e}") from e
     return import_state_dict(_unwrap(obj, path), model_config, naming)

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxfold.errors import UserError
 from jaxfold.spec import FoldSpec
 
 # PyTorch defaults, so imported weights behave identically (Flax momentum 0.9 ≙ torch momentum 0.1).
@@ -117,12 +118,12 @@ def config_from_dict(d: dict[str, Any]) -> ModelConfig:
     d = dict(d)
     arch = d.pop("arch", None)
     if arch not in _REGISTRY:
-        raise ValueError(f"unknown model arch {arch!r}; known: {sorted(_REGISTRY)}")
+        raise UserError(f"unknown model arch {arch!r}; known: {sorted(_REGISTRY)}")
     cls = _REGISTRY[arch]
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - fields)
     if unknown:
-        raise ValueError(f"{arch} config has unknown fields {unknown}; valid fields: {sorted(fields)}")
+        raise UserError(f"{arch} config has unknown fields {unknown}; valid fields: {sorted(fields)}")
     return cls(**{k: _tuplify(v) for k, v in d.items()})
 
 

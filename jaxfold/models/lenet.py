@@ -11,6 +11,7 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxfold.errors import UserError
 from jaxfold.models.base import ModelConfig, conv_params, dense_params, register
 from jaxfold.models.base import scale as scale_width
 from jaxfold.spec import FoldSpec, Group, conv_in, conv_out, conv_window, dense_in, dense_out
@@ -28,7 +29,7 @@ class LeNetConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         if self.image_size not in (28, 32):
-            raise ValueError(f"LeNet5 takes 28×28 or 32×32 inputs, got image_size={self.image_size}")
+            raise UserError(f"LeNet5 takes 28×28 or 32×32 inputs, got image_size={self.image_size}")
 
     def module(self) -> nn.Module:
         return LeNet5(self)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxfold.errors import UserError
 from jaxfold.models.base import (
     BatchNorm,
     ModelConfig,
@@ -53,21 +54,21 @@ class ResNetConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         if self.block not in _EXPANSION:
-            raise ValueError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
+            raise UserError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
         if self.stem not in ("cifar", "imagenet"):
-            raise ValueError(f"stem must be 'cifar' or 'imagenet', got {self.stem!r}")
+            raise UserError(f"stem must be 'cifar' or 'imagenet', got {self.stem!r}")
         n_blocks = sum(self.layers)
         n_inner = 1 if self.block == "basic" else 2
         if len(self.stream_widths) != len(self.layers):
-            raise ValueError(f"stream_widths needs {len(self.layers)} entries (one per stage), "
-                             f"got {self.stream_widths}")
+            raise UserError(f"stream_widths needs {len(self.layers)} entries (one per stage), "
+                            f"got {self.stream_widths}")
         if len(self.inner_widths) != n_blocks or any(len(w) != n_inner for w in self.inner_widths):
-            raise ValueError(f"inner_widths needs {n_blocks} tuples of {n_inner} widths, got {self.inner_widths}")
+            raise UserError(f"inner_widths needs {n_blocks} tuples of {n_inner} widths, got {self.inner_widths}")
         if len(self.projections) != n_blocks:
-            raise ValueError(f"projections needs {n_blocks} booleans, got {self.projections}")
+            raise UserError(f"projections needs {n_blocks} booleans, got {self.projections}")
         for (cin, cout, _, proj), name in zip(self._block_io(), self.block_names(), strict=True):
             if not proj and cin != cout:
-                raise ValueError(f"{name} has an identity shortcut but input width {cin} != output width {cout}")
+                raise UserError(f"{name} has an identity shortcut but input width {cin} != output width {cout}")
 
     def block_names(self) -> list[str]:
         return [f"layer{s + 1}_{b}" for s, n in enumerate(self.layers) for b in range(n)]

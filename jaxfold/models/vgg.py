@@ -14,6 +14,7 @@ import dataclasses
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxfold.errors import UserError
 from jaxfold.models.base import BatchNorm, ModelConfig, bn_params, conv_init, conv_params, dense_params, register
 from jaxfold.models.base import scale as scale_width
 from jaxfold.spec import FoldSpec, Group, batchnorm, conv_in, conv_out, conv_window, dense_in, dense_out
@@ -52,7 +53,7 @@ class VGGConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         if not self.conv_widths or any(i >= len(self.conv_widths) for i in self.pools_after):
-            raise ValueError(f"pools_after {self.pools_after} must index into conv_widths {self.conv_widths}")
+            raise UserError(f"pools_after {self.pools_after} must index into conv_widths {self.conv_widths}")
 
     def module(self) -> nn.Module:
         return VGG(self)
@@ -110,7 +111,7 @@ def vgg11_bn(head: str = "cifar", in_channels: int = 3, num_classes: int = 10, w
     elif head == "cifar":
         pool, hidden = 1, (scale_width(512, width),) * 2
     else:
-        raise ValueError(f"head must be 'cifar' or 'imagenet', got {head!r}")
+        raise UserError(f"head must be 'cifar' or 'imagenet', got {head!r}")
     return VGGConfig(in_channels=in_channels, num_classes=num_classes,
                      image_size=image_size or (224 if head == "imagenet" else 32), conv_widths=convs,
                      pool_size=pool, classifier_widths=hidden,
