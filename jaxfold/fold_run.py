@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -184,5 +185,7 @@ def run_fold(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> d
             report["hf_dir"] = None
             report["hf_dir_skipped"] = ("the folded widths differ between blocks (schedule "
                                         f"{config.fold.schedule!r}) and an HF LlamaConfig holds one per model")
+    if not report.get("hf_dir") and (workdir / HF_DIR).exists():  # an earlier run's: W holds one run's outputs
+        shutil.rmtree(workdir / HF_DIR)
     write_json_atomic(workdir / REPORT, report)
     return report
