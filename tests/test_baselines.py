@@ -23,11 +23,10 @@ CONFIGS = {
     "mlp": models.mlp(in_channels=1, image_size=8, width=0.03125),
 }
 _VARIABLES = {}
-_APPLY = {}
 
 
 def _random_variables(name, seed=0):
-    """Random weights, BN statistics and perturbed 1-D vectors, as in test_fold (cached per model)."""
+    """Random weights, BN statistics and perturbed 1-D vectors (as conftest's ``random_variables``), cached."""
     if (name, seed) not in _VARIABLES:
         v = CONFIGS[name].init(jax.random.key(seed))
         rng = np.random.default_rng(seed)
@@ -39,20 +38,6 @@ def _random_variables(name, seed=0):
                                   "batch_stats": tree.unflatten({p: jnp.asarray(a, jnp.float32)
                                                                  for p, a in stats.items()})}
     return _VARIABLES[name, seed]
-
-
-def _logits(cfg, variables):
-    if cfg not in _APPLY:
-        module = cfg.module()
-        _APPLY[cfg] = jax.jit(lambda v, x: module.apply(v, x, train=False))
-    x = jax.random.normal(jax.random.key(1), (4, *cfg.input_shape))
-    return np.asarray(_APPLY[cfg](variables, x))
-
-
-def _assert_same_function(a, b, what=""):
-    scale = max(1.0, float(np.abs(b).max()))
-    diff = float(np.abs(a - b).max())
-    assert diff <= 2e-5 * scale, f"{what}: max diff {diff:.3g} at logit scale {scale:.3g}"
 
 
 def _assert_same_arrays(a, b):
@@ -103,7 +88,7 @@ def test_prune_k_equals_n_is_the_identity(name):
 
 @pytest.mark.parametrize("name", ["mlp", "vgg"])
 @pytest.mark.parametrize("norm", [1, 2])
-def test_pruning_all_zero_channels_keeps_the_function(name, norm):
+def test_pruning_all_zero_channels_keeps_the_function(name, norm, logits, assert_same_function):
     """Channels with zero producer rows, biases, BN γ/β and consumer columns output exactly 0 (γ = 0 cancels the
     running mean) and feed nothing: removing them leaves the logits unchanged, whatever the BN statistics."""
     cfg, variables = CONFIGS[name], _random_variables(name)
@@ -126,7 +111,7 @@ def test_pruning_all_zero_channels_keeps_the_function(name, norm):
     for g, z in zeroed.items():
         assert np.all(pruned.channel_map[g][z] == -1)
         assert np.array_equal(np.sort(pruned.channel_map[g][pruned.channel_map[g] >= 0]), np.arange(keep[g]))
-    _assert_same_function(_logits(pruned.config, pruned.variables), _logits(cfg, variables), name)
+    assert_same_function(logits(pruned.config, pruned.variables), logits(cfg, variables), name)
 
 
 def test_l1_and_l2_rank_differently():
@@ -186,7 +171,7 @@ def test_pruned_accelerator_variables_come_back_on_the_device(monkeypatch):
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_sizes_equal_foldings_at_the_same_ratio(name):
+def test_sizes_equal_foldings_at_the_same_ratio(name, logits):
     cfg, variables = CONFIGS[name], _random_variables(name)
     expected = cfg.with_widths({g: k_for_ratio(n, 0.5) for g, n in cfg.fold_spec().widths(variables).items()})
     folded = fold_model(cfg, variables, 0.5, jax.random.key(0), clusterer="ward")
@@ -196,11 +181,11 @@ def test_sizes_equal_foldings_at_the_same_ratio(name):
         assert out.report["params_after"] == out.report["params_analytic"] == expected.param_count() \
             == folded.report["params_after"] == tree.count(out.variables["params"])
         assert out.report["flops_after"] == folded.report["flops_after"] < out.report["flops_before"]
-        assert np.all(np.isfinite(_logits(out.config, out.variables)))
+        assert np.all(np.isfinite(logits(out.config, out.variables)))
 
 
 @pytest.mark.parametrize("name", ["resnet18", "vgg"])
-def test_pruning_is_permutation_invariant(name):
+def test_pruning_is_permutation_invariant(name, logits, assert_same_function):
     cfg, variables = CONFIGS[name], _random_variables(name)
     spec = cfg.fold_spec()
     ref = prune_model(cfg, variables, 0.5, norm=1)
@@ -210,7 +195,7 @@ def test_pruning_is_permutation_invariant(name):
         out = prune_model(cfg, _permuted(variables, group, perm), 0.5, norm=1)
         kept = lambda m: set(np.flatnonzero(m >= 0).tolist())
         assert {int(perm[j]) for j in kept(out.channel_map[group.name])} == kept(ref.channel_map[group.name])
-        _assert_same_function(_logits(out.config, out.variables), _logits(ref.config, ref.variables), group.name)
+        assert_same_function(logits(out.config, out.variables), logits(ref.config, ref.variables), group.name)
 
 
 def test_prune_bad_inputs_fail_clearly():
@@ -300,7 +285,7 @@ def test_ifm_k_equals_n_is_the_identity(name):
 
 
 @pytest.mark.parametrize("name", ["mlp", "resnet18"])
-def test_ifm_folds_duplicated_channels_back_losslessly(name):
+def test_ifm_folds_duplicated_channels_back_losslessly(name, logits, assert_same_function):
     """Copies have equal producer rows and equal (split) consumer columns: distance 0, so IFM joins exactly the
     copies first, and the merge (mean of equal rows, sum of the split columns) restores the original function."""
     cfg, variables = CONFIGS[name], _random_variables(name)
@@ -325,7 +310,7 @@ def test_ifm_folds_duplicated_channels_back_losslessly(name):
         lab = back.channel_map[g]
         assert np.array_equal(lab[:, None] == lab[None, :], source[:, None] == source[None, :]), g
     assert all(r["inertia"] < 1e-6 * max(1.0, r["n"]) for r in back.report["groups"])
-    _assert_same_function(_logits(cfg, back.variables), _logits(cfg, variables), "folded back")
+    assert_same_function(logits(cfg, back.variables), logits(cfg, variables), "folded back")
 
 
 def test_ifm_partition_is_permutation_invariant():

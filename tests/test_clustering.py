@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxfold import clustering
+from jaxfold import clustering, models
 from jaxfold.folding import fold
 
 pytest.importorskip("sklearn")
@@ -56,13 +56,12 @@ def test_spectral_is_deterministic_for_a_key_and_scale_free():
 
 
 @pytest.mark.parametrize("name", ["kmeans", "ward", "single", "complete", "average", "spectral"])
-def test_duplicated_channels_fold_back_losslessly_with_every_clusterer(name):
-    from test_fold import CONFIGS, _assert_same_function, _logits, _random_variables
-
+def test_duplicated_channels_fold_back_losslessly_with_every_clusterer(name, random_variables, logits,
+                                                                      assert_same_function):
     from jaxfold.merge import duplicate_channels
 
-    cfg = CONFIGS["mlp"]
-    variables = _random_variables(cfg)
+    cfg = models.mlp(in_channels=1, image_size=8, width=0.0625)
+    variables = random_variables(cfg)
     spec = cfg.fold_spec()
     widths = spec.widths(variables)
     rng = np.random.default_rng(1)
@@ -74,7 +73,7 @@ def test_duplicated_channels_fold_back_losslessly_with_every_clusterer(name):
     back = fold(wide, wide_cfg.fold_spec(), lambda g, n: widths[g], jax.random.key(0), clusterer=name)
     assert back.widths == widths
     assert all(r["inertia"] < 1e-6 * r["n"] for r in back.report["groups"]), back.report["groups"]
-    _assert_same_function(_logits(cfg, back.variables), _logits(cfg, variables), f"folded back with {name}")
+    assert_same_function(logits(cfg, back.variables), logits(cfg, variables), f"folded back with {name}")
 
 
 def test_unknown_name_and_missing_sklearn_are_clear(monkeypatch):

@@ -7,7 +7,6 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from test_fold import _random_variables
 
 from jaxfold import models, tree
 from jaxfold.batch_stats import batchnorm_epsilons
@@ -45,8 +44,8 @@ def test_fold_ar_factor_singletons_identical_and_orthogonal_rows():
 
 
 @pytest.mark.parametrize("cfg", [RESNET, VGG, MLP], ids=["resnet", "vgg", "mlp"])
-def test_fuse_batchnorm_keeps_the_function(cfg):
-    v = _random_variables(cfg)
+def test_fuse_batchnorm_keeps_the_function(cfg, random_variables):
+    v = random_variables(cfg)
     x = _x(cfg, 8)
     eps = batchnorm_epsilons(cfg.module(), v, cfg.input_shape)
     assert set(eps) == {bn for _, bn in cfg.fold_spec().norms} and set(eps.values()) == {1e-5}
@@ -54,8 +53,8 @@ def test_fuse_batchnorm_keeps_the_function(cfg):
                                rtol=1e-4, atol=1e-4)
 
 
-def test_fold_ar_at_k_equals_n_is_the_identity_and_input_untouched():
-    v = _random_variables(RESNET)
+def test_fold_ar_at_k_equals_n_is_the_identity_and_input_untouched(random_variables):
+    v = random_variables(RESNET)
     before = jax.tree.map(np.array, v)
     out = fold_model(RESNET, v, 0.0, jax.random.key(0), correction="fold_ar")
     x = _x(RESNET, 4)
@@ -63,9 +62,9 @@ def test_fold_ar_at_k_equals_n_is_the_identity_and_input_untouched():
     jax.tree.map(np.testing.assert_array_equal, v, before)
 
 
-def test_fold_ar_restores_unit_variance_for_uncorrelated_inputs():
+def test_fold_ar_restores_unit_variance_for_uncorrelated_inputs(random_variables):
     """The factor is exact when the layer's inputs are uncorrelated: the first MLP layer fed white noise."""
-    v = _random_variables(MLP)
+    v = random_variables(MLP)
     v["params"]["bn0"]["scale"] = np.ones_like(v["params"]["bn0"]["scale"])  # else the ratio is (mean γ)²/γ_i²
     x = _x(MLP, 4096, seed=1)
     v = recompute_bn_statistics(MLP, v, lambda: [x])  # BN stats of this input distribution: outputs have var 1
@@ -77,8 +76,8 @@ def test_fold_ar_restores_unit_variance_for_uncorrelated_inputs():
     assert abs(ratios["fold_ar"] - 1.0) < 0.05, ratios
 
 
-def test_fold_ar_clusters_the_raw_weights_and_fold_ar_fused_the_fused_ones():
-    v = _random_variables(RESNET)
+def test_fold_ar_clusters_the_raw_weights_and_fold_ar_fused_the_fused_ones(random_variables):
+    v = random_variables(RESNET)
     naive = fold_model(RESNET, v, 0.5, jax.random.key(3))
     ar = fold_model(RESNET, v, 0.5, jax.random.key(3), correction="fold_ar")
     fused = fold_model(RESNET, v, 0.5, jax.random.key(3), correction="fold_ar_fused")
@@ -90,8 +89,8 @@ def test_fold_ar_clusters_the_raw_weights_and_fold_ar_fused_the_fused_ones():
 
 
 # --- REPAIR -----------------------------------------------------------------------------------------------------
-def test_recompute_bn_statistics_is_a_cumulative_average_of_batch_statistics():
-    v = _random_variables(MLP)
+def test_recompute_bn_statistics_is_a_cumulative_average_of_batch_statistics(random_variables):
+    v = random_variables(MLP)
     a, b = _x(MLP, 32, seed=2), 3.0 + 2.0 * _x(MLP, 32, seed=3)
     both = recompute_bn_statistics(MLP, v, lambda: [a, b])
     one_a = recompute_bn_statistics(MLP, v, lambda: [a])
@@ -107,8 +106,8 @@ def test_recompute_bn_statistics_is_a_cumulative_average_of_batch_statistics():
     np.testing.assert_allclose(one_a["batch_stats"]["bn0"]["var"], var, rtol=1e-4, atol=1e-6)
 
 
-def test_repair_restores_the_original_statistics_when_k_equals_n():
-    v = _random_variables(RESNET)
+def test_repair_restores_the_original_statistics_when_k_equals_n(random_variables):
+    v = random_variables(RESNET)
     x = _x(RESNET, 64)
     data = lambda: [x[:32], x[32:]]
     v = recompute_bn_statistics(RESNET, v, data)  # the "trained" statistics of this data
@@ -117,8 +116,8 @@ def test_repair_restores_the_original_statistics_when_k_equals_n():
                  out.variables["batch_stats"], v["batch_stats"])
 
 
-def test_repair_matches_bn_free_layers_to_the_cluster_average_of_the_original():
-    v = _random_variables(VGG)
+def test_repair_matches_bn_free_layers_to_the_cluster_average_of_the_original(random_variables):
+    v = random_variables(VGG)
     x = _x(VGG, 256)
     v = recompute_bn_statistics(VGG, v, lambda: [x])
     out = fold_model(VGG, v, 0.5, jax.random.key(0), correction="repair", data=lambda: [x])
@@ -131,8 +130,8 @@ def test_repair_matches_bn_free_layers_to_the_cluster_average_of_the_original():
         np.testing.assert_allclose(np.sqrt(new[1, c]), np.sqrt(orig[1, members]).mean(), rtol=1e-3, atol=1e-3)
 
 
-def test_repair_without_data_is_a_clear_error():
-    v = _random_variables(MLP)
+def test_repair_without_data_is_a_clear_error(random_variables):
+    v = random_variables(MLP)
     with pytest.raises(ValueError, match="needs training data"):
         fold_model(MLP, v, 0.5, jax.random.key(0), correction="repair")
 
@@ -150,7 +149,7 @@ def test_fold_ar_refuses_a_network_without_batchnorm():
         fold_model(cfg, cfg.init(jax.random.key(0)), 0.5, jax.random.key(0), correction="fold_ar")
 
 
-def test_user_correction_from_the_docs_runs():
+def test_user_correction_from_the_docs_runs(random_variables):
     """The example in docs/corrections.md registers a correction from user code; it must run as written."""
     text = (Path(__file__).parents[1] / "docs" / "corrections.md").read_text()
     code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
@@ -158,7 +157,7 @@ def test_user_correction_from_the_docs_runs():
     namespace: dict = {}
     try:
         exec(compile(code, "docs/corrections.md", "exec"), namespace)
-        v = _random_variables(RESNET)
+        v = random_variables(RESNET)
         out = fold_model(RESNET, v, 0.5, jax.random.key(0), correction="shrink_to_norm")
         assert out.config.stream_widths == (4, 8, 16, 32)
         naive = fold_model(RESNET, v, 0.5, jax.random.key(0))
@@ -168,8 +167,8 @@ def test_user_correction_from_the_docs_runs():
 
 
 # --- diagnostics ------------------------------------------------------------------------------------------------
-def test_variance_ratio_is_one_for_the_identity_and_ordered_forward():
-    v = _random_variables(RESNET)
+def test_variance_ratio_is_one_for_the_identity_and_ordered_forward(random_variables):
+    v = random_variables(RESNET)
     out = fold_model(RESNET, v, 0.0, jax.random.key(0))
     rows = variance_ratios(RESNET, v, out.config, out.variables, out.labels, _x(RESNET, 16))
     assert [r["layer"] for r in rows][:3] == ["bn1", "layer1_0/bn1", "layer1_0/bn2"]

@@ -24,55 +24,21 @@ CONFIGS = {
 }
 
 
-def _random_variables(cfg, seed=0):
-    """Random weights plus random BN statistics (so statistics that are mis-merged show up)."""
-    v = cfg.init(jax.random.key(seed))
-    rng = np.random.default_rng(seed)
-    stats = {p: (rng.uniform(0.5, 2.0, np.shape(a)) if p.endswith("var") else rng.normal(0, 0.3, np.shape(a)))
-             for p, a in tree.flatten(v.get("batch_stats", {})).items()}
-    # perturb biases and BN scale/bias (1-D) so no vector is trivially constant; kernels keep their init scale
-    scales = {p: a + rng.normal(0, 0.2, np.shape(a)) if np.ndim(a) == 1 else a
-              for p, a in tree.flatten(v["params"]).items()}
-    out = {"params": tree.unflatten({p: jnp.asarray(a, jnp.float32) for p, a in scales.items()})}
-    if stats:
-        out["batch_stats"] = tree.unflatten({p: jnp.asarray(a, jnp.float32) for p, a in stats.items()})
-    return out
-
-
-_APPLY = {}
-
-
-def _logits(cfg, variables, seed=1):
-    """Jitted eval-mode logits (compiled once per config, reused across permutations)."""
-    if cfg not in _APPLY:
-        module = cfg.module()
-        _APPLY[cfg] = jax.jit(lambda v, x: module.apply(v, x, train=False))
-    x = jax.random.normal(jax.random.key(seed), (4, *cfg.input_shape))
-    return np.asarray(_APPLY[cfg](variables, x))
-
-
-def _assert_same_function(a, b, what=""):
-    """Equal logits up to float32 reassociation, relative to their scale (random deep nets have large logits)."""
-    scale = max(1.0, float(np.abs(b).max()))
-    diff = float(np.abs(a - b).max())
-    assert diff <= 2e-5 * scale, f"{what}: max diff {diff:.3g} at logit scale {scale:.3g}"
-
-
 # k-means compiles once per (rows, features, k) shape, so the tests that cluster every group use the smaller
 # architectures; the spec-only properties (coverage, permutation invariance, identity) cover all of them.
 CLUSTERED = ["resnet18", "vgg_cifar", "mlp", "lenet"]
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
-def model(request):
+def model(request, random_variables):
     cfg = CONFIGS[request.param]
-    return cfg, _random_variables(cfg)
+    return cfg, random_variables(cfg)
 
 
 @pytest.fixture(scope="module", params=CLUSTERED)
-def small_model(request):
+def small_model(request, random_variables):
     cfg = CONFIGS[request.param]
-    return cfg, _random_variables(cfg)
+    return cfg, random_variables(cfg)
 
 
 def test_spec_covers_every_axis(model):
@@ -87,14 +53,14 @@ def test_resnet18_has_the_papers_12_groups():
     assert len(models.resnet50().fold_spec().groups) == 1 + 4 + 2 * 16
 
 
-def test_every_group_is_permutation_invariant(model):
+def test_every_group_is_permutation_invariant(model, logits, assert_same_function):
     cfg, variables = model
-    ref = _logits(cfg, variables)
+    ref = logits(cfg, variables)
     rng = np.random.default_rng(0)
     for group in cfg.fold_spec().groups:
         n = cfg.fold_spec().widths(variables)[group.name]
         permuted = permute_group(variables, group, rng.permutation(n))
-        _assert_same_function(_logits(cfg, permuted), ref, group.name)
+        assert_same_function(logits(cfg, permuted), ref, group.name)
 
 
 def test_k_equals_n_is_the_exact_identity(model):
@@ -106,7 +72,7 @@ def test_k_equals_n_is_the_exact_identity(model):
     assert result.report["param_sparsity"] == 0.0
 
 
-def test_duplicated_channels_fold_back_losslessly(small_model):
+def test_duplicated_channels_fold_back_losslessly(small_model, logits, assert_same_function):
     cfg, variables = small_model
     spec = cfg.fold_spec()
     widths = spec.widths(variables)
@@ -119,14 +85,14 @@ def test_duplicated_channels_fold_back_losslessly(small_model):
     wide_cfg = cfg.with_widths(spec.widths(wide))
     wide_spec = wide_cfg.fold_spec()
     wide_spec.check(wide)
-    _assert_same_function(_logits(wide_cfg, wide), _logits(cfg, variables), "widened")
+    assert_same_function(logits(wide_cfg, wide), logits(cfg, variables), "widened")
     back = fold(wide, wide_spec, lambda g, n: widths[g], jax.random.key(0))
     assert back.widths == widths
     assert all(r["inertia"] < 1e-6 * max(1.0, r["n"]) for r in back.report["groups"])
-    _assert_same_function(_logits(cfg, back.variables), _logits(cfg, variables), "folded back")
+    assert_same_function(logits(cfg, back.variables), logits(cfg, variables), "folded back")
 
 
-def test_fold_is_deterministic_pure_and_rebuilds(small_model):
+def test_fold_is_deterministic_pure_and_rebuilds(small_model, logits):
     cfg, variables = small_model
     spec = cfg.fold_spec()
     before = copy.deepcopy(jax.tree.map(np.asarray, variables))
@@ -141,7 +107,7 @@ def test_fold_is_deterministic_pure_and_rebuilds(small_model):
     assert tree.compare(folded_cfg.abstract_variables(), a.variables) == []
     widths = spec.widths(variables)
     assert a.widths == {g: max(1, int(n * 0.5)) for g, n in widths.items()}
-    assert np.all(np.isfinite(_logits(folded_cfg, a.variables)))
+    assert np.all(np.isfinite(logits(folded_cfg, a.variables)))
     assert 0.0 < a.report["param_sparsity"] < 1.0
     # the groups' clocks are disjoint parts of the fold (host work + the wait for its labels), not overlapping spans
     group_seconds = [g["seconds"] for g in b.report["groups"]]
@@ -149,14 +115,15 @@ def test_fold_is_deterministic_pure_and_rebuilds(small_model):
 
 
 @pytest.mark.parametrize("staging_bytes", [0, None], ids=["merged-on-device", "staged-on-host"])
-def test_accelerator_variables_fold_like_host_ones_and_stay_on_device(monkeypatch, caplog, staging_bytes):
+def test_accelerator_variables_fold_like_host_ones_and_stay_on_device(monkeypatch, caplog, staging_bytes,
+                                                                      random_variables):
     """Variables on an accelerator (simulated: CPU arrays taken for device ones) fold to the host fold's values and
     come back as device arrays. Leaves up to HOST_STAGING_BYTES are merged on the host and put back, so a fold at a
     new ratio compiles nothing; larger ones are merged on the device (jax.numpy features, segment-sum merges)."""
     import logging
 
     cfg = CONFIGS["resnet18"]
-    variables = _random_variables(cfg)
+    variables = random_variables(cfg)
     host = fold(variables, cfg.fold_spec(), 0.5, jax.random.key(3), n_init=2)
     monkeypatch.setattr(placement, "host_resident", lambda array: False)
     if staging_bytes is not None:
@@ -191,9 +158,9 @@ def test_group_i_clusters_with_fold_in_key_i(make_key):
         np.testing.assert_array_equal(bits(k), bits(jax.random.fold_in(key, i)))
 
 
-def test_merge_is_mean_for_producers_and_sum_for_consumers():
+def test_merge_is_mean_for_producers_and_sum_for_consumers(random_variables):
     cfg = models.mlp(in_channels=1, image_size=2, width=3 / 512, depth=1)  # 4 inputs → 3 hidden → 10
-    variables = _random_variables(cfg)
+    variables = random_variables(cfg)
     group = cfg.fold_spec().groups[0]
     labels = jnp.asarray([0, 1, 0])
     merged = tree.unflatten(merge_group(tree.flatten(variables), group, labels, 3, 2))
@@ -219,15 +186,15 @@ def test_bad_ratios(plan):
         resolve_plan(plan, {"a": 4})
 
 
-def test_bad_inputs_fail_clearly():
+def test_bad_inputs_fail_clearly(random_variables):
     cfg = CONFIGS["lenet"]
-    variables = _random_variables(cfg)
+    variables = random_variables(cfg)
     spec = cfg.fold_spec()
     with pytest.raises(ValueError, match=r"unknown groups \['conv9'\]"):
         fold(variables, spec, {"conv9": 0.5}, jax.random.key(0))
     with pytest.raises(ValueError, match="need an int in"):
         fold(variables, spec, lambda g, n: n + 1, jax.random.key(0))
-    other = _random_variables(CONFIGS["mlp"])
+    other = random_variables(CONFIGS["mlp"])
     with pytest.raises(ValueError, match="fold spec does not match"):
         fold(other, spec, 0.5, jax.random.key(0))
     broken = tree.set_(variables, "params/fc1/kernel", variables["params"]["fc1"]["kernel"].at[0, 0].set(jnp.nan))
@@ -237,11 +204,11 @@ def test_bad_inputs_fail_clearly():
         fold(variables, spec, 0.5, jax.random.key(0), clusterer="dbscan")
 
 
-def test_spec_checker_finds_gaps_and_double_claims():
+def test_spec_checker_finds_gaps_and_double_claims(random_variables):
     from jaxfold.spec import FoldSpec
 
     cfg = CONFIGS["lenet"]
-    variables = _random_variables(cfg)
+    variables = random_variables(cfg)
     spec = cfg.fold_spec()
     with pytest.raises(ValueError, match="params/fc3/bias axis 0 .* is in no group"):
         FoldSpec(spec.groups, spec.unfoldable[:-5] + spec.unfoldable[-4:]).check(variables)
@@ -249,9 +216,9 @@ def test_spec_checker_finds_gaps_and_double_claims():
         FoldSpec(spec.groups, (*spec.unfoldable, ("params/fc1/kernel", 1))).check(variables)
 
 
-def test_pluggable_clusterers():
+def test_pluggable_clusterers(random_variables):
     cfg = CONFIGS["mlp"]
-    variables = _random_variables(cfg)
+    variables = random_variables(cfg)
     spec = cfg.fold_spec()
     calls = []
 
@@ -268,15 +235,15 @@ def test_pluggable_clusterers():
         assert sorted(set(ward.labels[group.name].tolist())) == list(range(16))
 
 
-def test_cluster_on_other_variables_uses_their_features_and_checks_widths():
+def test_cluster_on_other_variables_uses_their_features_and_checks_widths(random_variables):
     cfg = CONFIGS["mlp"]
-    v = _random_variables(cfg)
+    v = random_variables(cfg)
     spec = cfg.fold_spec()
     plain = fold(v, spec, 0.5, jax.random.key(0), n_init=2)
     same = fold(v, spec, 0.5, jax.random.key(0), n_init=2, cluster_on=(v, spec))
     for g in plain.labels:
         np.testing.assert_array_equal(plain.labels[g], same.labels[g])
-    other = _random_variables(cfg, seed=5)
+    other = random_variables(cfg, seed=5)
     moved = fold(v, spec, 0.5, jax.random.key(0), n_init=2, cluster_on=(other, spec))
     assert any(not np.array_equal(plain.labels[g], moved.labels[g]) for g in plain.labels)
     narrow = fold(v, spec, 0.5, jax.random.key(0), n_init=2).variables
@@ -284,7 +251,7 @@ def test_cluster_on_other_variables_uses_their_features_and_checks_widths():
         fold(v, spec, 0.5, jax.random.key(0), cluster_on=(narrow, spec))
 
 
-def test_at_most_two_groups_of_features_alive():
+def test_at_most_two_groups_of_features_alive(random_variables):
     """Groups fold one after another with one clustering in flight: when group i is clustered, the features of
     groups before i − 1 are already freed (peak memory ≈ two groups' features beyond the weights, block by block
     for LLMs), and the report keeps the spec's group order."""
@@ -292,7 +259,7 @@ def test_at_most_two_groups_of_features_alive():
     import weakref
 
     cfg = CONFIGS["resnet18"]
-    variables = _random_variables(cfg)
+    variables = random_variables(cfg)
     spec = cfg.fold_spec()
     alive_at_call = []
     refs = []

@@ -6,7 +6,6 @@ import json
 import jax
 import ml_collections
 import pytest
-from test_train import _cifar_dir
 
 from jaxfold import cli, models
 from jaxfold.config import apply_overrides
@@ -18,9 +17,9 @@ FIELDS = {"model", "dataset", "method", "correction", "ratio", "param_sparsity",
 
 
 @pytest.fixture
-def sweep_config(tmp_path, monkeypatch):
+def sweep_config(tmp_path, monkeypatch, cifar_dir):
     monkeypatch.setenv("JAXFOLD_DATA", str(tmp_path / "cache"))  # DeepInversion cache goes here
-    data = _cifar_dir(tmp_path)
+    data = cifar_dir
     model = models.mlp(in_channels=3, image_size=32, width=0.0625)
     checkpoint.save(tmp_path / "model", model.init(jax.random.key(0)), model)
     c = ml_collections.ConfigDict()

@@ -4,43 +4,23 @@ checkpoint."""
 
 import json
 
-import jax
 import ml_collections
 import pytest
 
 from jaxfold import cli
-from jaxfold.io import checkpoint
 from jaxfold.models.llama import llama
 from jaxfold.sweep import read_results, run_sweep
 
-TEXT = "to be or not to be that is the question whether tis nobler in the mind to suffer " * 12
 
-
-@pytest.fixture
-def tiny_lm(tmp_path):
-    tokenizers = pytest.importorskip("tokenizers")
-    chars = sorted(set(TEXT))
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token=" "))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Split("", "isolated")
-    tok.decoder = tokenizers.decoders.Fuse()
-    tok.save(str(tmp_path / "tokenizer.json"))
-    cfg = llama(vocab_size=32, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256,
-                max_position_embeddings=64)
-    checkpoint.save(tmp_path / "lm", cfg.init(jax.random.key(0)), cfg,
-                    metadata={"tokenizer": str(tmp_path / "tokenizer.json")})
-    (tmp_path / "text.txt").write_text(TEXT)
-    return tmp_path
-
-
-def test_lm_sweep_equal_params_across_methods_and_ppl_cli(tiny_lm, capsys):
+def test_lm_sweep_equal_params_across_methods_and_ppl_cli(tiny_lm_dir, capsys):
     c = ml_collections.ConfigDict()
-    c.lm = dict(source=str(tiny_lm / "lm"), dtype="float32", text=str(tiny_lm / "text.txt"), seqlen=32,
-                max_windows=4, calibration=str(tiny_lm / "text.txt"), calibration_seqlen=16, calibration_windows=2,
+    c.lm = dict(source=str(tiny_lm_dir / "lm"), dtype="float32", text=str(tiny_lm_dir / "text.txt"), seqlen=32,
+                max_windows=4, calibration=str(tiny_lm_dir / "text.txt"), calibration_seqlen=16, calibration_windows=2,
                 sparsity_tolerance=0.02)
     c.sweep = dict(variants=("fold:uniform", "magnitude:uniform", "wanda_sp:uniform", "fold:recipe"), ratios=(0.2,),
                    seeds=(0,), imports=(), clusterer="kmeans", n_init=1, max_iter=20,
                    generate_prompts=("to be",), generate_at=(0.2,), max_new_tokens=4)
-    records = {r["id"]: r for r in run_sweep(c, tiny_lm / "wd", progress=False)}
+    records = {r["id"]: r for r in run_sweep(c, tiny_lm_dir / "wd", progress=False)}
     assert set(records) == {"dense", "fold:uniform:0.2:0", "magnitude:uniform:0.2:0", "wanda_sp:uniform:0.2:0",
                             "fold:recipe:0.2:0"}
     uniform = [r for r in records.values() if r["schedule"] == "uniform"]
@@ -49,11 +29,11 @@ def test_lm_sweep_equal_params_across_methods_and_ppl_cli(tiny_lm, capsys):
                if r["method"] != "dense")
     assert records["dense"]["generations"][0]["prompt"] == "to be"
     assert len(records["fold:uniform:0.2:0"]["generations"]) == 1
-    assert "| fold:uniform |" in (tiny_lm / "wd" / "summary.md").read_text()
-    assert len(read_results(tiny_lm / "wd")) == 5
+    assert "| fold:uniform |" in (tiny_lm_dir / "wd" / "summary.md").read_text()
+    assert len(read_results(tiny_lm_dir / "wd")) == 5
 
-    assert cli.main(["ppl", "--model", str(tiny_lm / "lm"), "--text", str(tiny_lm / "text.txt"), "--seqlen", "32",
-                     "--max-windows", "4"]) == 0
+    assert cli.main(["ppl", "--model", str(tiny_lm_dir / "lm"), "--text", str(tiny_lm_dir / "text.txt"),
+                     "--seqlen", "32", "--max-windows", "4"]) == 0
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert line["windows"] == 4 and line["seqlen"] == 32
     assert abs(line["perplexity"] - records["dense"]["value"]) < 1e-3 * line["perplexity"]

@@ -1,7 +1,6 @@
 """Training: the jitted step learns, a run writes metrics + a restorable checkpoint, and reruns resume."""
 
 import json
-import pickle
 
 import jax
 import jax.numpy as jnp
@@ -31,17 +30,6 @@ def test_train_step_reduces_loss_on_a_fixed_batch():
     assert int(state["step"]) == 30
 
 
-def _cifar_dir(tmp_path, n=24):
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        with open(folder / f, "wb") as fh:
-            pickle.dump({b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                         b"labels": rng.integers(0, 10, n).tolist()}, fh)
-    return tmp_path
-
-
 def _tiny_config(data_path, epochs):
     c = ml_collections.ConfigDict()
     c.model = dict(name="resnet18", stem="cifar", in_channels=3, num_classes=10, width=0.0625, image_size=32)
@@ -52,8 +40,8 @@ def _tiny_config(data_path, epochs):
 
 
 @pytest.mark.slow
-def test_train_writes_checkpoint_and_resumes(tmp_path, capsys):
-    data = _cifar_dir(tmp_path)
+def test_train_writes_checkpoint_and_resumes(tmp_path, capsys, cifar_dir):
+    data = cifar_dir
     wd = tmp_path / "wd"
     first = train(_tiny_config(data, 1), wd)
     assert 0.0 <= first["accuracy"] <= 1.0 and first["examples"] == 24
@@ -70,8 +58,8 @@ def test_train_writes_checkpoint_and_resumes(tmp_path, capsys):
     assert not np.array_equal(restored["params"]["fc"]["kernel"], variables["params"]["fc"]["kernel"])
 
 
-def test_train_rejects_mismatched_model_and_data(tmp_path):
-    c = _tiny_config(_cifar_dir(tmp_path), 1)
+def test_train_rejects_mismatched_model_and_data(tmp_path, cifar_dir):
+    c = _tiny_config(cifar_dir, 1)
     c.model.in_channels = 1
     with pytest.raises(ValueError, match="model expects"):
         train(c, tmp_path / "wd")
@@ -89,16 +77,16 @@ def test_cli_data_fetch_unknown(capsys):
     assert "fetchable" in capsys.readouterr().err
 
 
-def test_cli_eval_refuses_model_that_does_not_fit_the_data(tmp_path, capsys):
+def test_cli_eval_refuses_model_that_does_not_fit_the_data(tmp_path, capsys, cifar_dir):
     cfg = models.resnet18(in_channels=3, width=0.0625, image_size=32, num_classes=100)
     checkpoint.save(tmp_path / "ck", cfg.init(jax.random.key(0)), cfg)
-    data = _cifar_dir(tmp_path)
+    data = cifar_dir
     code = cli.main(["eval", "--checkpoint", str(tmp_path / "ck"), "--data", "cifar10", "--data-path", str(data)])
     assert code == 2 and "set --config.model.num_classes=10" in capsys.readouterr().err
 
 
-def test_train_rejects_batch_larger_than_dataset(tmp_path):
-    c = _tiny_config(_cifar_dir(tmp_path), 1)
+def test_train_rejects_batch_larger_than_dataset(tmp_path, cifar_dir):
+    c = _tiny_config(cifar_dir, 1)
     c.train.batch_size = 1000
     with pytest.raises(ValueError, match="lower --config.train.batch_size"):
         train(c, tmp_path / "wd")
