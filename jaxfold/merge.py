@@ -15,6 +15,7 @@ import numpy as np
 import scipy.sparse
 
 from jaxfold import tree as tree_lib
+from jaxfold.kmeans import host_resident
 from jaxfold.placement import array_module
 from jaxfold.spec import Group, Member
 
@@ -74,10 +75,12 @@ def _gather_channels(variables: Mapping[str, Any], group: Group, index: np.ndarr
     n = group.members[0].width(np.shape(flat[group.members[0].path]))
     out = dict(flat)
     for m in group.members:
-        array = jnp.asarray(flat[m.path])
-        rows = m.channel_first(array, n)[jnp.asarray(index)]
+        # host leaves in numpy: eager jax.numpy would compile a gather per leaf shape
+        xp = np if all(host_resident(flat[x.path]) for x in group.members) else jnp
+        array = xp.asarray(flat[m.path])
+        rows = m.channel_first(array, n)[xp.asarray(index)]
         if m.role == "consumer" and consumer_divisor is not None:
-            rows = rows / jnp.asarray(consumer_divisor, rows.dtype).reshape(-1, *([1] * (rows.ndim - 1)))
+            rows = rows / xp.asarray(consumer_divisor, rows.dtype).reshape(-1, *([1] * (rows.ndim - 1)))
         out[m.path] = m.from_channel_first(rows, array.shape, len(index))
     return tree_lib.unflatten(out)
 

@@ -25,6 +25,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxfold import tree as tree_lib
+from jaxfold.kmeans import host_rng
 from jaxfold.spec import FoldSpec, Group, Member
 from jaxfold.trace.analysis import Analysis, Rule, analyse
 from jaxfold.trace.rules import RULES
@@ -243,19 +245,39 @@ def _name(member: Member, taken: set[str]) -> str:
     return name
 
 
+def _permuted(flat: Mapping[str, np.ndarray], group: Group, n: int, perm: np.ndarray) -> dict[str, np.ndarray]:
+    """The flat host variables with ``group``'s channels reordered (numpy: nothing to compile per shape)."""
+    out = dict(flat)
+    for m in group.members:
+        array = flat[m.path]
+        out[m.path] = m.from_channel_first(m.channel_first(array, n)[perm], array.shape, n)
+    return out
+
+
 def verify_permutations(spec: FoldSpec, apply_fn: Callable[..., Any], variables: Mapping[str, Any],
                         example_args: Sequence[Any], key: jax.Array, rtol: float = 1e-4) -> dict[str, str]:
     """Groups whose random channel permutation changes the outputs (group → why): a spec that is wrong there."""
-    from jaxfold.merge import permute_group
+    leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(variables)
+    paths = [_path(kp) for kp, _ in leaves_with_paths]
+    flat = {p: np.asarray(x) for p, (_, x) in zip(paths, leaves_with_paths, strict=True)}
+    static = {i: a for i, a in enumerate(example_args) if not _is_array(a)}
+    dynamic = [a for i, a in enumerate(example_args) if i not in static]
 
-    run = jax.jit(lambda v: apply_fn(v, *example_args)) if all(_is_array(a) for a in example_args) else \
-        (lambda v: apply_fn(v, *example_args))
-    reference = jax.tree_util.tree_leaves(run(variables))
+    @jax.jit
+    def run(leaves: list[Any], dyn: list[Any]) -> Any:
+        it = iter(dyn)
+        args = [static[i] if i in static else next(it) for i in range(len(example_args))]
+        return apply_fn(jax.tree_util.tree_unflatten(treedef, leaves), *args)
+
+    reference = jax.tree_util.tree_leaves(run([flat[p] for p in paths], dynamic))
+    widths = spec.widths(tree_lib.unflatten(flat))
     failed = {}
-    for i, group in enumerate(spec.groups):
-        n = spec.widths(variables)[group.name]
-        perm = np.asarray(jax.random.permutation(jax.random.fold_in(key, i), n))
-        outs = jax.tree_util.tree_leaves(run(permute_group(variables, group, perm)))
+    rng = host_rng(key)
+    for group in spec.groups:
+        n = widths[group.name]
+        perm = rng.permutation(n)
+        permuted = _permuted(flat, group, n, perm)
+        outs = jax.tree_util.tree_leaves(run([permuted[p] for p in paths], dynamic))
         for ref, out in zip(reference, outs, strict=True):
             ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64)
             scale = float(np.max(np.abs(ref))) if ref.size else 0.0

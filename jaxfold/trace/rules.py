@@ -331,6 +331,17 @@ def concatenate(an: Analysis, eqn: Any, ins: list[Value]) -> list[Value]:
     return [Value(tuple(dims), any(v.act for v in ins))]
 
 
+def stack(an: Analysis, eqn: Any, ins: list[Value]) -> list[Value]:
+    """``jnp.stack``: equal operands side by side along a new axis (which carries no channel)."""
+    axis = eqn.params["axis"]
+    for value in ins[1:]:
+        for a in range(value.ndim):
+            an.union_axes(value.dims[a], ins[0].dims[a])
+    dims = list(ins[0].dims)
+    dims.insert(axis, an.atoms.new(len(ins), "the axis jnp.stack creates"))
+    return [Value(tuple(dims), any(v.act for v in ins))]
+
+
 def split(an: Analysis, eqn: Any, ins: list[Value]) -> list[Value]:
     axis = eqn.params["axis"]
     reason = "split along (split)"
@@ -483,8 +494,8 @@ RULES: dict[str, Rule] = {
     "argmax": argreduce, "argmin": argreduce,
     **dict.fromkeys(["cumsum", "cumprod", "cummax", "cummin", "cumlogsumexp"], cumulative),
     "slice": slice_, "dynamic_slice": dynamic_slice, "dynamic_update_slice": dynamic_update_slice, "pad": pad,
-    "rev": rev, "concatenate": concatenate, "split": split, "sort": sort, "gather": gather, "iota": iota,
-    "random_bits": random_bits,
+    "rev": rev, "concatenate": concatenate, "stack": stack, "split": split, "sort": sort, "gather": gather,
+    "iota": iota, "random_bits": random_bits,
     **dict.fromkeys(["reduce_window_max", "reduce_window_min", "reduce_window_sum", "reduce_window"], reduce_window),
     **dict.fromkeys(["jit", "pjit", "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr", "remat2",
                      "checkpoint", "closed_call", "core_call"], call),
