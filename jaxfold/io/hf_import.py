@@ -318,6 +318,7 @@ def save_hf_dir(config: LlamaConfig, variables: Mapping[str, Any], path: str | o
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / ".model.safetensors.tmp"
     st.numpy.save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.chmod(tmp, 0o644)  # safetensors creates it 0600 whatever the umask; config.json is 0644 too
     os.replace(tmp, out / "model.safetensors")
     write_json_atomic(out / "config.json", hf_config)
     return out
