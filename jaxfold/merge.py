@@ -46,7 +46,7 @@ def merge_group(flat: dict[str, Any], group: Group, labels: Any, n: int, k: int)
     """Apply one group's clustering to every member; returns the updated flat dict (a new dict)."""
     out = dict(flat)
     for m in group.members:
-        array = flat[m.path]
+        array = out[m.path]  # a variable may hold the group on two axes (a conv from a stream onto itself)
         if isinstance(array, np.ndarray):
             out[m.path] = _merge_member(array, labels, member=m, n=n, k=k)
         else:
@@ -77,7 +77,7 @@ def _gather_channels(variables: Mapping[str, Any], group: Group, index: np.ndarr
     for m in group.members:
         # host leaves in numpy: eager jax.numpy would compile a gather per leaf shape
         xp = np if all(host_resident(flat[x.path]) for x in group.members) else jnp
-        array = xp.asarray(flat[m.path])
+        array = xp.asarray(out[m.path])  # out: a variable may hold the group on two axes
         rows = m.channel_first(array, n)[xp.asarray(index)]
         if m.role == "consumer" and consumer_divisor is not None:
             rows = rows / xp.asarray(consumer_divisor, rows.dtype).reshape(-1, *([1] * (rows.ndim - 1)))

@@ -276,13 +276,9 @@ def test_nnx_widened_module_folds_back_to_a_new_module(nnx_case):
     _assert_close(_call(wide, x), reference, "the input module after folding")  # untouched
 
 
-@pytest.mark.xfail(strict=True, reason="jaxfold/merge.py gathers/merges each member from the input arrays, so a "
-                   "variable with two axes in one group keeps only its last member's change")
 def test_conv_from_a_stream_onto_itself_folds():
     """MobileNetV2 with equal stem and first-block widths: block 0's project conv reads and writes the stem's stream,
-    so both its kernel axes are in one group. The spec derives so, but permute_group / duplicate_channels / fold
-    apply only one of the two axes: the permutation check then demotes the group ("permuting its channels changed
-    the outputs … the tracer's rules got this group wrong") and ``fold`` returns a (1, 1, n, k) kernel."""
+    so both its kernel axes are in one group, and permute_group / duplicate_channels / fold apply both."""
     model = om.MobileNetV2(stem=4, stages=((1, 4, 1, 1),), last=8)
     x = om.example_images(2, 8, 3)
     variables = _random(jax.eval_shape(model.init, jax.random.key(0), x))

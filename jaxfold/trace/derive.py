@@ -249,7 +249,7 @@ def _permuted(flat: Mapping[str, np.ndarray], group: Group, n: int, perm: np.nda
     """The flat host variables with ``group``'s channels reordered (numpy: nothing to compile per shape)."""
     out = dict(flat)
     for m in group.members:
-        array = flat[m.path]
+        array = out[m.path]  # a variable may hold the group on two axes
         out[m.path] = m.from_channel_first(m.channel_first(array, n)[perm], array.shape, n)
     return out
 
