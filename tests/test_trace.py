@@ -264,3 +264,30 @@ def test_fold_nnx_returns_a_module_at_the_new_widths():
     assert "activations" in folded.spec.reason("params/attention/query/kernel", 2)  # head_dim: q·k
     with pytest.raises(TypeError, match="nnx.Module"):
         fold_nnx({"params": {}}, 0.5, jax.random.key(0), x)
+
+
+def test_fold_ar_on_a_traced_model_equals_the_zoo_correction():
+    """Fold-AR needs only the spec and each BatchNorm's ε, read off the program: on ResNet18 the traced fold with
+    the correction computes what fold_model's does; BN-free models and training-mode corrections get clear errors."""
+    from jaxfold import fold_model, tree
+
+    cfg, apply_fn, args = _zoo("resnet18_cifar")
+    flat, rng = tree.flatten(cfg.init(jax.random.key(0))), np.random.default_rng(0)
+    for path in flat:  # running statistics away from (0, 1), so the fusion matters
+        if path.endswith("/var"):
+            flat[path] = rng.uniform(0.5, 2.0, flat[path].shape).astype(np.float32)
+        elif path.endswith("/mean"):
+            flat[path] = rng.normal(0.0, 0.3, flat[path].shape).astype(np.float32)
+    variables = tree.unflatten(flat)
+    zoo = fold_model(cfg, variables, 0.5, jax.random.key(2), correction="fold_ar", **FAST)
+    traced = fold_traced(apply_fn, variables, 0.5, jax.random.key(2), *args, correction="fold_ar", verify=False,
+                         **FAST)
+    assert traced.report["correction"] == "fold_ar" and traced.report["uncorrected_groups"] == []
+    np.testing.assert_allclose(traced.apply_fn(traced.variables, *args),
+                               zoo.config.module().apply(zoo.variables, *args, train=False), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="training mode"):
+        fold_traced(apply_fn, variables, 0.5, jax.random.key(2), *args, correction="repair", **FAST)
+    module, x = _LayerNormMLP(), jnp.ones((2, 5))
+    with pytest.raises(ValueError, match="needs BatchNorm"):
+        fold_traced(module.apply, module.init(jax.random.key(0), x), 0.5, jax.random.key(0), x,
+                    correction="fold_ar", **FAST)

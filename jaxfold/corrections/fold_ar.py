@@ -97,9 +97,12 @@ def cluster_factors(rows: np.ndarray, labels: np.ndarray, k: int,
 
 def _fuse(ctx: CorrectionContext) -> tuple[dict[str, Any], FoldSpec]:
     if not ctx.spec.norms:
-        raise UserError(f"fold_ar needs BatchNorm layers to correct; {ctx.config.arch} has none in its fold spec "
+        name = ctx.config.arch if ctx.config is not None else "this model"
+        raise UserError(f"fold_ar needs BatchNorm layers to correct; {name} has none in its fold spec "
                         "(use 'repair' for BN-free networks)")
-    epsilons = batchnorm_epsilons(ctx.config.module(), ctx.variables, ctx.config.input_shape)
+    epsilons = ctx.options.get("epsilons")  # a traced model's, read off its program
+    if epsilons is None:
+        epsilons = batchnorm_epsilons(ctx.config.module(), ctx.variables, ctx.config.input_shape)
     return fuse_batchnorm(ctx.variables, ctx.spec, epsilons), _fused_mean_as_feature(ctx.spec)
 
 

@@ -54,6 +54,7 @@ class Analysis:
         self.params: dict[str, tuple[Any, tuple[int, ...]]] = {}  # path → (invar, shape)
         self.roles: dict[tuple[str, int], set[str]] = {}
         self.norms: list[tuple[str, str]] = []
+        self.epsilons: dict[str, float] = {}  # norm module → the constant added to its running variance
         self.inputs: list[Value] = []
         self.outputs: list[Value] = []
 

@@ -57,6 +57,11 @@ def elementwise(an: Analysis, eqn: Any, ins: list[Value]) -> list[Value]:
                     if not path.startswith("params/"):  # a running statistic subtracted from a kernel's output
                         an.norm(produced_by, path)
         return [Value(tuple(dims), True, (), produced_by) for _ in eqn.outvars]
+    if eqn.primitive.name == "add":  # ε of a norm: a scalar constant added to a running variance
+        literals = [v.val for v in eqn.invars if hasattr(v, "val") and not getattr(v.aval, "shape", ())]
+        stats = [p for value in ins for p, _ in value.origins if not p.startswith("params/")]
+        if len(literals) == 1 and len(stats) == 1:
+            an.epsilons.setdefault("/".join(stats[0].split("/")[1:-1]), float(literals[0]))
     origins = tuple(o for value, shape in ranked if len(shape) == len(out_shape)
                     for o in mapped(value, [[a] if shape[a] == out_shape[a] and shape[a] > 1 else []
                                             for a in range(len(shape))]))

@@ -11,6 +11,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxfold.corrections import CORRECTIONS, Correction, CorrectionContext, get_correction
+from jaxfold.errors import UserError
 from jaxfold.folding import fold
 from jaxfold.plans import Plan
 from jaxfold.spec import FoldSpec, Group
@@ -40,21 +42,56 @@ class TracedFold:
 def fold_traced(apply_fn: Callable[..., Any], variables: Mapping[str, Any], plan: Plan, key: jax.Array,
                 *example_args: Any, rules: Mapping[str, Rule] | None = None,
                 unfoldable: Iterable[tuple[str, int]] = (), overrides: Mapping[str, Group | None] | None = None,
-                verify: bool | None = None, **fold_options: Any) -> TracedFold:
+                verify: bool | None = None, correction: str = "none",
+                correction_options: Mapping[str, Any] | None = None, **fold_options: Any) -> TracedFold:
     """Fold ``variables`` of the model ``apply_fn(variables, *example_args)`` to the widths ``plan`` asks for (a
     ratio, a {group: ratio} dict over the derived group names, or f(group, n) -> k).
 
     The spec is :func:`~jaxfold.trace.derive.derive_spec`'s (``rules``, ``unfoldable``, ``overrides`` and
     ``verify`` go to it); ``fold_options`` go to :func:`jaxfold.fold` (clusterer, n_init, max_iter). The result's
     ``apply_fn`` is the folded forward, called like ``apply_fn`` with the result's ``variables``.
+
+    ``correction``: 'none' (Fold-Naive) or a data-free correction that works on the spec alone — 'fold_ar' /
+    'fold_ar_fused' (BatchNorm ε read off the program; groups without a BatchNorm are merged uncorrected and listed
+    in ``report['uncorrected_groups']``). Corrections that need forward passes in training mode or a model config
+    ('repair', 'fold_dir') are refused with the reason.
     """
     t0 = time.perf_counter()
     key_verify, key_fold = jax.random.split(key)
     spec, traced = derive(apply_fn, variables, example_args, rules=rules, unfoldable=unfoldable,
                           overrides=overrides, verify=verify, key=key_verify)
     derive_seconds = time.perf_counter() - t0
-    result = fold(variables, spec, plan, key_fold, **fold_options)
+    fix = _traced_correction(correction)
+    key_fold, key_fix = jax.random.split(key_fold)
+    ctx = CorrectionContext(None, dict(variables), spec, key_fix,  # type: ignore[arg-type]  # no config here
+                            options={**(correction_options or {}), "epsilons": dict(traced.analysis.epsilons)})
+    prepared, fold_spec, *cluster_on = fix.prepare(ctx) if fix.prepare else (variables, spec)
+    result = fold(prepared, fold_spec, plan, key_fold, cluster_on=cluster_on[0] if cluster_on else None,
+                  **fold_options)
+    t1 = time.perf_counter()
+    corrected = fix.apply(dataclasses.replace(ctx, spec=fold_spec, prepared=prepared, folded=result.variables,
+                                              labels=result.labels))
+    normed = {g.name for g in spec.groups for m in g.members
+              if m.role == "producer" and any(m.path == f"params/{k}/kernel" for k, _ in spec.norms)}
     folded = FoldedApply(apply_fn, variables, spec, result.widths, rules, first=(example_args, traced))
     report = dict(result.report, derive_seconds=round(derive_seconds, 4), groups_derived=len(spec.groups),
-                  axes_unfoldable=len(spec.unfoldable))
-    return TracedFold(result.variables, folded, spec, result.widths, result.labels, report)
+                  axes_unfoldable=len(spec.unfoldable), correction=fix.name,
+                  correction_seconds=round(time.perf_counter() - t1, 4))
+    if fix.name != "none":
+        before = spec.widths(variables)
+        report["uncorrected_groups"] = [g.name for g in spec.groups
+                                        if g.name not in normed and result.widths[g.name] < before[g.name]]
+    return TracedFold(corrected, folded, spec, result.widths, result.labels, report)
+
+
+TRACED_CORRECTIONS = ("none", "fold_ar", "fold_ar_fused")
+
+
+def _traced_correction(name: str) -> Correction:
+    if name not in CORRECTIONS:
+        raise UserError(f"unknown correction {name!r}; on a traced model use one of {list(TRACED_CORRECTIONS)}")
+    if name not in TRACED_CORRECTIONS:
+        raise UserError(f"correction {name!r} is not available on a traced model: it re-estimates statistics with "
+                        "forward passes in training mode (and a model config), which an inference program does not "
+                        f"give; use one of {list(TRACED_CORRECTIONS)}, or a zoo model with jaxfold.fold_model")
+    return get_correction(name)
