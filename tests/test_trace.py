@@ -285,9 +285,29 @@ def test_fold_ar_on_a_traced_model_equals_the_zoo_correction():
     assert traced.report["correction"] == "fold_ar" and traced.report["uncorrected_groups"] == []
     np.testing.assert_allclose(traced.apply_fn(traced.variables, *args),
                                zoo.config.module().apply(zoo.variables, *args, train=False), rtol=1e-5, atol=1e-6)
-    with pytest.raises(ValueError, match="training mode"):
+    with pytest.raises(ValueError, match="not available on a traced model"):
+        fold_traced(apply_fn, variables, 0.5, jax.random.key(2), *args, correction="fold_dir", **FAST)
+    with pytest.raises(ValueError, match="needs data"):
         fold_traced(apply_fn, variables, 0.5, jax.random.key(2), *args, correction="repair", **FAST)
     module, x = _LayerNormMLP(), jnp.ones((2, 5))
     with pytest.raises(ValueError, match="needs BatchNorm"):
         fold_traced(module.apply, module.init(jax.random.key(0), x), 0.5, jax.random.key(0), x,
                     correction="fold_ar", **FAST)
+
+
+def test_repair_on_a_traced_model_equals_the_zoo_correction():
+    """REPAIR from the inference program (each BatchNorm's running statistics replaced by its input's batch
+    statistics, in an order where that input comes first) recomputes what the training-mode module does."""
+    from jaxfold import fold_model, tree
+
+    cfg, apply_fn, args = _zoo("resnet18_cifar")
+    variables = cfg.init(jax.random.key(0))
+    batches = [np.asarray(jax.random.normal(jax.random.key(i), (16, *cfg.input_shape))) for i in range(3)]
+    zoo = fold_model(cfg, variables, 0.5, jax.random.key(2), correction="repair", data=lambda: batches, **FAST)
+    traced = fold_traced(apply_fn, variables, 0.5, jax.random.key(2), *args, correction="repair",
+                         data=lambda: batches, verify=False, **FAST)
+    expected, got = tree.flatten(zoo.variables), tree.flatten(traced.variables)
+    assert set(expected) == set(got)
+    for path in expected:
+        np.testing.assert_allclose(got[path], expected[path], rtol=1e-4, atol=1e-5, err_msg=path)
+    assert traced.report["uncorrected_groups"] == []

@@ -55,6 +55,7 @@ class Analysis:
         self.roles: dict[tuple[str, int], set[str]] = {}
         self.norms: list[tuple[str, str]] = []
         self.epsilons: dict[str, float] = {}  # norm module → the constant added to its running variance
+        self.normalised: list[tuple[Any, int, str]] = []  # (eqn, activation operand, stat path) of x − running mean
         self.inputs: list[Value] = []
         self.outputs: list[Value] = []
 

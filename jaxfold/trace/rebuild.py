@@ -162,7 +162,7 @@ class FoldedApply:
                      for a in args)
 
     def _compile(self, traced: Traced) -> Callable[..., Any]:
-        evaluator = Evaluator(traced.analysis, group_sizes(traced.analysis, self.spec, self.widths))
+        evaluator = Evaluator(traced.analysis, self.sizes_for(traced))
 
         def run(flat_variables: list[Any], dynamic: list[Any]) -> Any:
             outs = evaluator.closed(traced.closed, [*flat_variables, *jax.tree_util.tree_leaves(dynamic)])
@@ -170,12 +170,21 @@ class FoldedApply:
 
         return jax.jit(run)
 
-    def __call__(self, variables: Any, *args: Any) -> Any:
+    def traced_for(self, args: Sequence[Any]) -> Traced:
+        """The original model's trace for inputs shaped like ``args`` (traced and compiled on first use)."""
         key = self._key(args)
         if key not in self._compiled:
             traced = trace(self.apply_fn, self.original, args, self.rules)
             self._compiled[key] = (self._compile(traced), traced)
-        run, traced = self._compiled[key]
+        return self._compiled[key][1]
+
+    def sizes_for(self, traced: Traced) -> dict[int, int]:
+        """The folded width of every atom class of ``traced`` that a group folds."""
+        return group_sizes(traced.analysis, self.spec, self.widths)
+
+    def __call__(self, variables: Any, *args: Any) -> Any:
+        self.traced_for(args)
+        run, traced = self._compiled[self._key(args)]
         dynamic = [a for i, a in enumerate(args) if i not in traced.static]
         leaves, treedef = jax.tree_util.tree_flatten(variables)
         expected = jax.tree_util.tree_structure(self.original)

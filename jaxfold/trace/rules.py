@@ -52,10 +52,12 @@ def elementwise(an: Analysis, eqn: Any, ins: list[Value]) -> list[Value]:
             for axis, size in enumerate(shape):
                 if size > 1:
                     an.role(value, axis, "vector")
-            if eqn.primitive.name == "sub" and produced_by is not None:
+            if eqn.primitive.name == "sub":
                 for path, _ in value.origins:
-                    if not path.startswith("params/"):  # a running statistic subtracted from a kernel's output
-                        an.norm(produced_by, path)
+                    if not path.startswith("params/"):  # a running statistic subtracted from an activation
+                        an.normalised.append((eqn, next(i for i, v in enumerate(ins) if v.act), path))
+                        if produced_by is not None:  # … from a kernel's output: a norm pair
+                            an.norm(produced_by, path)
         return [Value(tuple(dims), True, (), produced_by) for _ in eqn.outvars]
     if eqn.primitive.name == "add":  # ε of a norm: a scalar constant added to a running variance
         literals = [v.val for v in eqn.invars if hasattr(v, "val") and not getattr(v.aval, "shape", ())]

@@ -17,6 +17,7 @@ from jaxfold.folding import fold
 from jaxfold.plans import Plan
 from jaxfold.spec import FoldSpec, Group
 from jaxfold.trace.analysis import Rule
+from jaxfold.trace.batchnorm import recompute_statistics
 from jaxfold.trace.derive import derive
 from jaxfold.trace.rebuild import FoldedApply
 
@@ -43,7 +44,8 @@ def fold_traced(apply_fn: Callable[..., Any], variables: Mapping[str, Any], plan
                 *example_args: Any, rules: Mapping[str, Rule] | None = None,
                 unfoldable: Iterable[tuple[str, int]] = (), overrides: Mapping[str, Group | None] | None = None,
                 verify: bool | None = None, correction: str = "none",
-                correction_options: Mapping[str, Any] | None = None, **fold_options: Any) -> TracedFold:
+                correction_options: Mapping[str, Any] | None = None,
+                data: Callable[[], Iterable[Any]] | None = None, **fold_options: Any) -> TracedFold:
     """Fold ``variables`` of the model ``apply_fn(variables, *example_args)`` to the widths ``plan`` asks for (a
     ratio, a {group: ratio} dict over the derived group names, or f(group, n) -> k).
 
@@ -51,10 +53,11 @@ def fold_traced(apply_fn: Callable[..., Any], variables: Mapping[str, Any], plan
     ``verify`` go to it); ``fold_options`` go to :func:`jaxfold.fold` (clusterer, n_init, max_iter). The result's
     ``apply_fn`` is the folded forward, called like ``apply_fn`` with the result's ``variables``.
 
-    ``correction``: 'none' (Fold-Naive) or a data-free correction that works on the spec alone — 'fold_ar' /
-    'fold_ar_fused' (BatchNorm ε read off the program; groups without a BatchNorm are merged uncorrected and listed
-    in ``report['uncorrected_groups']``). Corrections that need forward passes in training mode or a model config
-    ('repair', 'fold_dir') are refused with the reason.
+    ``correction``: 'none' (Fold-Naive); 'fold_ar' / 'fold_ar_fused' (data-free, BatchNorm ε read off the
+    program); 'repair' (every BatchNorm's statistics re-estimated in training mode from ``data``, a function
+    returning batches of the model's input — :mod:`jaxfold.trace.batchnorm`). Groups without a BatchNorm are
+    merged uncorrected and listed in ``report['uncorrected_groups']``. 'fold_dir' (DeepInversion) needs a zoo
+    model for now and is refused with the reason.
     """
     t0 = time.perf_counter()
     key_verify, key_fold = jax.random.split(key)
@@ -69,11 +72,17 @@ def fold_traced(apply_fn: Callable[..., Any], variables: Mapping[str, Any], plan
     result = fold(prepared, fold_spec, plan, key_fold, cluster_on=cluster_on[0] if cluster_on else None,
                   **fold_options)
     t1 = time.perf_counter()
-    corrected = fix.apply(dataclasses.replace(ctx, spec=fold_spec, prepared=prepared, folded=result.variables,
-                                              labels=result.labels))
+    folded = FoldedApply(apply_fn, variables, spec, result.widths, rules, first=(example_args, traced))
+    if fix.name == "repair":  # the BatchNorms' statistics in training mode, from the folded program itself
+        if data is None:
+            raise UserError("correction 'repair' needs data: pass data=… (a function returning batches of the "
+                            "model's input) or choose a data-free correction (none, fold_ar)")
+        corrected = recompute_statistics(folded, result.variables, data)
+    else:
+        corrected = fix.apply(dataclasses.replace(ctx, spec=fold_spec, prepared=prepared, folded=result.variables,
+                                                  labels=result.labels))
     normed = {g.name for g in spec.groups for m in g.members
               if m.role == "producer" and any(m.path == f"params/{k}/kernel" for k, _ in spec.norms)}
-    folded = FoldedApply(apply_fn, variables, spec, result.widths, rules, first=(example_args, traced))
     report = dict(result.report, derive_seconds=round(derive_seconds, 4), groups_derived=len(spec.groups),
                   axes_unfoldable=len(spec.unfoldable), correction=fix.name,
                   correction_seconds=round(time.perf_counter() - t1, 4))
@@ -84,14 +93,14 @@ def fold_traced(apply_fn: Callable[..., Any], variables: Mapping[str, Any], plan
     return TracedFold(corrected, folded, spec, result.widths, result.labels, report)
 
 
-TRACED_CORRECTIONS = ("none", "fold_ar", "fold_ar_fused")
+TRACED_CORRECTIONS = ("none", "fold_ar", "fold_ar_fused", "repair")
 
 
 def _traced_correction(name: str) -> Correction:
     if name not in CORRECTIONS:
         raise UserError(f"unknown correction {name!r}; on a traced model use one of {list(TRACED_CORRECTIONS)}")
     if name not in TRACED_CORRECTIONS:
-        raise UserError(f"correction {name!r} is not available on a traced model: it re-estimates statistics with "
-                        "forward passes in training mode (and a model config), which an inference program does not "
-                        f"give; use one of {list(TRACED_CORRECTIONS)}, or a zoo model with jaxfold.fold_model")
+        raise UserError(f"correction {name!r} is not available on a traced model yet (DeepInversion synthesises "
+                        "its images through the zoo model's training-mode module); use one of "
+                        f"{list(TRACED_CORRECTIONS)}, or a zoo model with jaxfold.fold_model")
     return get_correction(name)

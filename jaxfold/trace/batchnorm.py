@@ -1,0 +1,158 @@
+"""BatchNorm statistics of a traced model in training mode, from its inference program: REPAIR without a config.
+
+REPAIR (Fold-R) resets every BatchNorm's running statistics and re-estimates them as the average of the batch
+statistics of a training-mode pass over data. A traced model only has its inference program, where a BatchNorm
+is ``(x − mean) · rsqrt(var + ε) · scale + bias`` with ``mean``/``var`` read from the variables. Training mode is
+the same program with ``mean``/``var`` replaced by the batch statistics of its own input ``x`` — and ``x`` never
+depends on them, so the program can be evaluated in an order where each BatchNorm's input comes first, its batch
+statistics are computed and injected in place of the running ones, and the rest follows. One pass per batch,
+every BatchNorm at once, at the folded widths (the :class:`~jaxfold.trace.rebuild.Evaluator`'s shapes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend import core
+
+from jaxfold import tree as tree_lib
+from jaxfold.errors import UserError
+from jaxfold.trace.derive import Traced
+from jaxfold.trace.rebuild import Evaluator, FoldedApply
+
+
+@dataclasses.dataclass(frozen=True)
+class _Norm:
+    module: str  # 'batch_stats/<module>' prefix without the leaf
+    x: Any  # the activation the running mean is subtracted from
+    axis: int  # its channel axis
+    mean: Any  # the invars of the running statistics
+    var: Any
+
+
+def _norms(traced: Traced) -> list[_Norm]:
+    analysis = traced.analysis
+    atoms = analysis.atoms
+    top = {id(e) for e in traced.closed.jaxpr.eqns}
+    found: dict[str, _Norm] = {}
+    for eqn, index, stat_path in analysis.normalised:
+        prefix = stat_path.rsplit("/", 1)[0]
+        if prefix in found:
+            continue
+        if id(eqn) not in top:
+            raise UserError(f"the BatchNorm {prefix} runs inside a nested program (jit/scan/…); training-mode "
+                            "statistics are computed for top-level BatchNorms only")
+        mean, var = f"{prefix}/mean", f"{prefix}/var"
+        if mean not in analysis.params or var not in analysis.params:
+            continue
+        x = eqn.invars[index]
+        channel = atoms.leaves(analysis.values[analysis.params[mean][0]].dims[0])
+        axes = [a for a, atom in enumerate(analysis.values[x].dims) if atoms.leaves(atom) == channel]
+        if len(axes) != 1:
+            continue
+        found[prefix] = _Norm(prefix, x, axes[0], analysis.params[mean][0], analysis.params[var][0])
+    return list(found.values())
+
+
+class TrainModeEvaluator(Evaluator):
+    """Evaluates the top-level program with every BatchNorm's running statistics replaced by its batch ones."""
+
+    def __init__(self, traced: Traced, sizes: Mapping[int, int]) -> None:
+        super().__init__(traced.analysis, sizes)
+        self.traced = traced
+        self.norms = _norms(traced)
+
+    def statistics(self, args: Sequence[Any]) -> dict[str, tuple[jax.Array, jax.Array]]:
+        closed = self.traced.closed
+        jaxpr = closed.jaxpr
+        injected = {n.mean: n for n in self.norms} | {n.var: n for n in self.norms}
+        by_x: dict[Any, list[_Norm]] = {}
+        for n in self.norms:
+            by_x.setdefault(n.x, []).append(n)
+        defining = {v: i for i, e in enumerate(jaxpr.eqns) for v in e.outvars}
+        deps: list[set[int]] = []
+        for eqn in jaxpr.eqns:
+            d = set()
+            for v in eqn.invars:
+                if isinstance(v, core.Literal):
+                    continue
+                if v in defining:
+                    d.add(defining[v])
+                if v in injected and injected[v].x in defining:
+                    d.add(defining[injected[v].x])
+            deps.append(d)
+        users: dict[int, list[int]] = {}
+        for i, d in enumerate(deps):
+            for j in d:
+                users.setdefault(j, []).append(i)
+        waiting = [len(d) for d in deps]
+        ready = [i for i, w in enumerate(waiting) if w == 0]
+        heapq.heapify(ready)
+
+        env: dict[Any, Any] = dict(zip(jaxpr.constvars, closed.consts, strict=True))
+        stats: dict[str, tuple[jax.Array, jax.Array]] = {}
+
+        def inject(var: Any) -> None:
+            for n in by_x.get(var, ()):
+                x = env[var].astype(jnp.float32)
+                axes = tuple(a for a in range(x.ndim) if a != n.axis)
+                mean = jnp.mean(x, axis=axes)
+                var_ = jnp.mean(jnp.square(x - jnp.expand_dims(mean, axes)), axis=axes)
+                stats[n.module] = (mean, var_)
+                env[n.mean], env[n.var] = mean.astype(n.mean.aval.dtype), var_.astype(n.var.aval.dtype)
+
+        for var, value in zip(jaxpr.invars, args, strict=True):
+            if var not in injected:
+                env[var] = value
+                inject(var)
+        while ready:
+            i = heapq.heappop(ready)
+            eqn = jaxpr.eqns[i]
+            ins = [v.val if isinstance(v, core.Literal) else env[v] for v in eqn.invars]
+            for var, value in zip(eqn.outvars, self.equation(eqn, ins), strict=True):
+                env[var] = value
+                inject(var)
+            for j in users.get(i, ()):
+                waiting[j] -= 1
+                if waiting[j] == 0:
+                    heapq.heappush(ready, j)
+        return stats
+
+
+def recompute_statistics(folded: FoldedApply, variables: Mapping[str, Any],
+                         batches: Callable[[], Iterable[Any]]) -> dict[str, Any]:
+    """``variables`` of the folded model with every BatchNorm's running mean/var replaced by the example-weighted
+    average of its training-mode batch statistics over ``batches()`` (each batch: the model's one input)."""
+    leaves = jax.tree_util.tree_leaves(variables)
+    compiled: dict[Any, Callable[..., Any]] = {}
+    sums: dict[str, list[Any]] = {}
+    count = 0
+    for x in batches():
+        traced = folded.traced_for((x,))
+        if len(jax.tree_util.tree_leaves([a for i, a in enumerate((x,)) if i not in traced.static])) != \
+                len(traced.closed.jaxpr.invars) - len(leaves):
+            raise UserError("repair on a traced model needs a model with one input, given as the batches")
+        key = (np.shape(x), str(x.dtype))
+        if key not in compiled:
+            evaluator = TrainModeEvaluator(traced, folded.sizes_for(traced))
+            compiled[key] = jax.jit(lambda lv, xb, ev=evaluator: ev.statistics([*lv, xb]))
+        n = int(np.shape(x)[0])
+        for module, (mean, var) in compiled[key](leaves, x).items():
+            acc = sums.setdefault(module, [0.0, 0.0])
+            acc[0] = acc[0] + n * np.asarray(mean, np.float64)
+            acc[1] = acc[1] + n * np.asarray(var, np.float64)
+        count += n
+    if not count:
+        raise UserError("repair got no data: the batches function yielded nothing")
+    flat = tree_lib.flatten(variables)
+    for module, (mean_sum, var_sum) in sums.items():
+        for name, value in (("mean", mean_sum), ("var", var_sum)):
+            old = flat[f"{module}/{name}"]
+            flat[f"{module}/{name}"] = np.asarray(value / count, np.asarray(old).dtype)
+    return tree_lib.unflatten(flat)
