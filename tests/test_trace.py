@@ -160,6 +160,10 @@ def test_a_user_primitive_poisons_until_given_a_rule_then_folds():
     assert folded.widths == {"w1": 3}
     out = folded.apply_fn(folded.variables, x)
     np.testing.assert_allclose(out, net(folded.variables, x), rtol=1e-5)  # the plain function runs it too
+    again = fold_traced(net, v, 0.5, jax.random.key(0), x, rules={"my_square": rules.unary}, spec=folded.spec,
+                        **FAST)  # the spec derived once, reused: nothing traced until the first call
+    np.testing.assert_array_equal(again.variables["params"]["w1"], folded.variables["params"]["w1"])
+    np.testing.assert_allclose(again.apply_fn(again.variables, x), out, rtol=1e-6)
 
 
 def test_bad_inputs_get_clear_errors():

@@ -18,7 +18,7 @@ from jaxfold.plans import Plan
 from jaxfold.spec import FoldSpec, Group
 from jaxfold.trace.analysis import Rule
 from jaxfold.trace.batchnorm import recompute_statistics
-from jaxfold.trace.derive import derive
+from jaxfold.trace.derive import derive, trace
 from jaxfold.trace.rebuild import FoldedApply
 
 
@@ -45,13 +45,15 @@ def fold_traced(apply_fn: Callable[..., Any], variables: Mapping[str, Any], plan
                 unfoldable: Iterable[tuple[str, int]] = (), overrides: Mapping[str, Group | None] | None = None,
                 verify: bool | None = None, correction: str = "none",
                 correction_options: Mapping[str, Any] | None = None,
-                data: Callable[[], Iterable[Any]] | None = None, **fold_options: Any) -> TracedFold:
+                data: Callable[[], Iterable[Any]] | None = None, spec: FoldSpec | None = None,
+                **fold_options: Any) -> TracedFold:
     """Fold ``variables`` of the model ``apply_fn(variables, *example_args)`` to the widths ``plan`` asks for (a
     ratio, a {group: ratio} dict over the derived group names, or f(group, n) -> k).
 
     The spec is :func:`~jaxfold.trace.derive.derive_spec`'s (``rules``, ``unfoldable``, ``overrides`` and
     ``verify`` go to it); ``fold_options`` go to :func:`jaxfold.fold` (clusterer, n_init, max_iter). The result's
-    ``apply_fn`` is the folded forward, called like ``apply_fn`` with the result's ``variables``.
+    ``apply_fn`` is the folded forward, called like ``apply_fn`` with the result's ``variables``. Pass ``spec``
+    (a previous result's, or :func:`derive_spec`'s) to fold the same model again without deriving it again.
 
     ``correction``: 'none' (Fold-Naive); 'fold_ar' / 'fold_ar_fused' (data-free, BatchNorm ε read off the
     program); 'repair' (every BatchNorm's statistics re-estimated in training mode from ``data``, a function
@@ -61,18 +63,25 @@ def fold_traced(apply_fn: Callable[..., Any], variables: Mapping[str, Any], plan
     """
     t0 = time.perf_counter()
     key_verify, key_fold = jax.random.split(key)
-    spec, traced = derive(apply_fn, variables, example_args, rules=rules, unfoldable=unfoldable,
-                          overrides=overrides, verify=verify, key=key_verify)
+    if spec is None:
+        spec, traced = derive(apply_fn, variables, example_args, rules=rules, unfoldable=unfoldable,
+                              overrides=overrides, verify=verify, key=key_verify)
+    else:  # derived once, reused across ratios: nothing is traced until the folded forward's first call
+        traced = None
     derive_seconds = time.perf_counter() - t0
     fix = _traced_correction(correction)
     key_fold, key_fix = jax.random.split(key_fold)
+    epsilons = {}
+    if fix.prepare is not None:  # Fold-AR fuses each BatchNorm with the ε its program adds
+        epsilons = (traced or trace(apply_fn, variables, example_args, rules)).analysis.epsilons
     ctx = CorrectionContext(None, dict(variables), spec, key_fix,  # type: ignore[arg-type]  # no config here
-                            options={**(correction_options or {}), "epsilons": dict(traced.analysis.epsilons)})
+                            options={**(correction_options or {}), "epsilons": dict(epsilons)})
     prepared, fold_spec, *cluster_on = fix.prepare(ctx) if fix.prepare else (variables, spec)
     result = fold(prepared, fold_spec, plan, key_fold, cluster_on=cluster_on[0] if cluster_on else None,
                   **fold_options)
     t1 = time.perf_counter()
-    folded = FoldedApply(apply_fn, variables, spec, result.widths, rules, first=(example_args, traced))
+    folded = FoldedApply(apply_fn, variables, spec, result.widths, rules,
+                         first=(example_args, traced) if traced is not None else None)
     if fix.name == "repair":  # the BatchNorms' statistics in training mode, from the folded program itself
         if data is None:
             raise UserError("correction 'repair' needs data: pass data=… (a function returning batches of the "
