@@ -103,7 +103,7 @@ class Atoms:
         """Make ``a`` and ``b`` carry the same index (factor by factor). False (and both poisoned) when their
         factorisations cannot be aligned."""
         if self._size[a] != self._size[b]:
-            raise ValueError(f"internal: union of atoms of sizes {self._size[a]} and {self._size[b]}")
+            raise AssertionError(f"internal: union of atoms of sizes {self._size[a]} and {self._size[b]}")
         ra, rb = self.find(a), self.find(b)
         if ra == rb:
             return True

@@ -26,13 +26,14 @@ import jax
 import numpy as np
 
 from jaxfold import tree as tree_lib
+from jaxfold.errors import UserError
 from jaxfold.kmeans import host_rng
 from jaxfold.spec import FoldSpec, Group, Member
 from jaxfold.trace.analysis import Analysis, Rule, analyse
 from jaxfold.trace.rules import RULES
 
 
-class TraceError(ValueError):
+class TraceError(UserError):
     """The model could not be traced or analysed as given (the message says how to fix it)."""
 
 
@@ -125,7 +126,7 @@ def build_spec(analysis: Analysis, shapes: Mapping[str, tuple[int, ...]], *,
             axis_atoms[(path, axis)] = dims[axis]
     for path, axis in unfoldable:
         if (path, axis % max(len(shapes.get(path, ())), 1)) not in axis_atoms:
-            raise ValueError(f"unfoldable names {path!r} axis {axis}, which is not a variable axis; variables: "
+            raise UserError(f"unfoldable names {path!r} axis {axis}, which is not a variable axis; variables: "
                              f"{sorted(shapes)[:20]}")
         atoms.poison(axis_atoms[(path, axis % len(shapes[path]))], "marked unfoldable by the user")
 
@@ -200,7 +201,7 @@ def build_spec(analysis: Analysis, shapes: Mapping[str, tuple[int, ...]], *,
     for name, replacement in (overrides or {}).items():
         names = [g.name for g in built]
         if name not in names:
-            raise ValueError(f"overrides name group {name!r}, which the derived spec does not have; groups: {names}")
+            raise UserError(f"overrides name group {name!r}, which the derived spec does not have; groups: {names}")
         i = names.index(name)
         if replacement is None:
             for m in built[i].members:
@@ -317,7 +318,7 @@ def derive(apply_fn: Callable[..., Any], variables: Mapping[str, Any], example_a
         verify = concrete
     if verify:
         if not concrete:
-            raise ValueError("verify=True needs concrete variables and example inputs (not jax.ShapeDtypeStruct)")
+            raise UserError("verify=True needs concrete variables and example inputs (not jax.ShapeDtypeStruct)")
         failed = verify_permutations(spec, apply_fn, variables, example_args,
                                      key if key is not None else jax.random.key(0))
         if failed:

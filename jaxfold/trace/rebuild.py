@@ -19,6 +19,7 @@ import jax
 import numpy as np
 from jax.extend import core
 
+from jaxfold.errors import UserError
 from jaxfold.spec import FoldSpec
 from jaxfold.trace.analysis import Analysis, Rule
 from jaxfold.trace.derive import Traced, trace
@@ -43,7 +44,7 @@ def group_sizes(analysis: Analysis, spec: FoldSpec, widths: Mapping[str, int]) -
                 break
             outer *= atoms.size(leaf)
         if found is None:
-            raise ValueError(f"group {group.name!r}: its unit is not an axis factor of {member.path} in this trace "
+            raise UserError(f"group {group.name!r}: its unit is not an axis factor of {member.path} in this trace "
                              "(was the spec derived from this model?)")
         sizes[atoms.find(found)] = int(widths[group.name])
     return sizes
@@ -189,6 +190,6 @@ class FoldedApply:
         leaves, treedef = jax.tree_util.tree_flatten(variables)
         expected = jax.tree_util.tree_structure(self.original)
         if treedef != expected:
-            raise ValueError(f"the folded function takes variables structured like the model's ({expected}); got "
+            raise UserError(f"the folded function takes variables structured like the model's ({expected}); got "
                              f"{treedef}")
         return run(leaves, dynamic)
