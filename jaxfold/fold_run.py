@@ -170,6 +170,10 @@ def write_hf_dir(path: str | os.PathLike, folded: CompressedModel, tokenizer: An
 
 def run_fold(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
     """Fold what ``config`` names into ``workdir`` (see the module docstring); returns the report."""
+    from jaxfold.user_fold import is_user_model, run_user_fold
+
+    if is_user_model(config):  # a model of your own by import path: its spec derived by tracing
+        return run_user_fold(config, workdir)
     fix = check_fold_config(config)
     workdir = Path(workdir)
     if "lm" in config:
