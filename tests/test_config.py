@@ -8,6 +8,7 @@ from jaxfold import config as config_lib
 from jaxfold.errors import UserError
 from jaxfold.fold_run import check_fold_config
 from jaxfold.train import model_config
+from jaxfold.user_fold import is_user_model, load_builder
 
 CONFIGS = sorted(str(p) for p in (Path(__file__).parent.parent / "configs").glob("*.py"))
 
@@ -17,6 +18,9 @@ def test_every_config_loads_and_builds(path):
     config = config_lib.load(path)
     doc = Path(path).read_text().split('"""')[1]
     assert f"--config {Path(path).relative_to(Path(path).parent.parent)}" in doc  # docstring holds the launch command
+    if is_user_model(config):  # a model of your own, named by import path: the builder resolves
+        assert callable(load_builder(config.model))
+        return
     if "fold" in config:  # what `jaxfold fold` checks before it loads a model
         check_fold_config(config)
     if "lm" in config:  # language-model experiments name a model source instead of building one
