@@ -5,6 +5,7 @@ import os
 import pickle
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("JAXFOLD_COMPILE_CACHE", "0")  # the CLI's persistent cache would write into the user's home
 
 import jax
 import jax.numpy as jnp
