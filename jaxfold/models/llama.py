@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfold import tree as tree_lib
+from jaxfold.errors import UserError
 from jaxfold.models.base import ModelConfig, register
 from jaxfold.spec import FoldSpec, Group, Member
 
@@ -62,12 +63,12 @@ def _canonical_rope_scaling(value: Any) -> tuple[tuple[str, Any], ...] | None:
     items = dict(value.items() if isinstance(value, Mapping) else value)
     rope_type = items.get("rope_type")
     if rope_type not in ROPE_SCALING_KEYS:
-        raise ValueError(f"rope_scaling: rope_type must be one of {sorted(ROPE_SCALING_KEYS)}, got {rope_type!r} "
-                         "(use rope_scaling=None for plain RoPE)")
+        raise UserError(f"rope_scaling: rope_type must be one of {sorted(ROPE_SCALING_KEYS)}, got {rope_type!r} "
+                        "(use rope_scaling=None for plain RoPE)")
     want = {"rope_type", *ROPE_SCALING_KEYS[rope_type]}
     if set(items) != want:
-        raise ValueError(f"rope_scaling of type {rope_type!r} needs exactly the keys {sorted(want)}, got "
-                         f"{sorted(items)}")
+        raise UserError(f"rope_scaling of type {rope_type!r} needs exactly the keys {sorted(want)}, got "
+                        f"{sorted(items)}")
     return tuple(sorted((k, v) for k, v in items.items()))
 
 
@@ -94,20 +95,20 @@ class LlamaConfig(ModelConfig):
             value = tuple(int(v) for v in getattr(self, name))
             object.__setattr__(self, name, value)
             if len(value) != self.num_layers:
-                raise ValueError(f"{name} needs {self.num_layers} entries (one per block), got {len(value)}: {value}")
+                raise UserError(f"{name} needs {self.num_layers} entries (one per block), got {len(value)}: {value}")
             if any(v < 1 for v in value):
-                raise ValueError(f"{name} entries must be ≥ 1, got {value}")
+                raise UserError(f"{name} entries must be ≥ 1, got {value}")
         object.__setattr__(self, "rope_scaling", _canonical_rope_scaling(self.rope_scaling))
         for i, (hq, hkv) in enumerate(zip(self.num_heads, self.num_kv_heads, strict=True)):
             if hq % hkv:
-                raise ValueError(f"block {i}: num_heads {hq} is not a multiple of num_kv_heads {hkv}")
+                raise UserError(f"block {i}: num_heads {hq} is not a multiple of num_kv_heads {hkv}")
         for name in ("vocab_size", "hidden_size", "num_layers", "head_dim", "max_position_embeddings"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+                raise UserError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if self.head_dim % 2:
-            raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
+            raise UserError(f"head_dim must be even for RoPE, got {self.head_dim}")
         if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+            raise UserError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
 
     @property
     def jnp_dtype(self) -> Any:
@@ -167,7 +168,7 @@ def llama(vocab_size: int = 32000, hidden_size: int = 4096, num_layers: int = 32
     hidden_size // num_heads, ``num_kv_heads`` to num_heads (MHA)."""
     if head_dim is None:
         if hidden_size % num_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_heads {num_heads}; give head_dim")
+            raise UserError(f"hidden_size {hidden_size} is not a multiple of num_heads {num_heads}; give head_dim")
         head_dim = hidden_size // num_heads
     return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, num_layers=num_layers, head_dim=head_dim,
                        num_heads=(num_heads,) * num_layers, num_kv_heads=(num_kv_heads or num_heads,) * num_layers,
@@ -396,13 +397,13 @@ def generate(config: LlamaConfig, variables: Any, prompt_ids: Sequence[int] | np
     single = prompt.ndim == 1
     prompt = prompt[None] if single else prompt
     if prompt.ndim != 2 or prompt.shape[1] == 0:
-        raise ValueError(f"prompt_ids must be a non-empty 1-D sequence or a 2-D batch, got shape {prompt.shape}")
+        raise UserError(f"prompt_ids must be a non-empty 1-D sequence or a 2-D batch, got shape {prompt.shape}")
     if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be ≥ 0, got {max_new_tokens}")
+        raise UserError(f"max_new_tokens must be ≥ 0, got {max_new_tokens}")
     if max_new_tokens == 0:
         return prompt[0] if single else prompt
     if eos_id is not None and not 0 <= eos_id < config.vocab_size:
-        raise ValueError(f"eos_id must be a token id in [0, {config.vocab_size}), got {eos_id}")
+        raise UserError(f"eos_id must be a token id in [0, {config.vocab_size}), got {eos_id}")
     out, n = _generate(config, variables, jnp.asarray(prompt), int(max_new_tokens),
                        jnp.int32(-1 if eos_id is None else eos_id))
     result = np.concatenate([prompt, np.asarray(out)[:, : int(n)]], axis=1)
@@ -425,7 +426,7 @@ def fold_spec(cfg: LlamaConfig, gqa: str = DEFAULT_GQA) -> FoldSpec:
     :func:`fold_within_groups`; MHA blocks get the plain head group in both modes.
     """
     if gqa not in GQA_MODES:
-        raise ValueError(f"gqa must be one of {GQA_MODES}, got {gqa!r}")
+        raise UserError(f"gqa must be one of {GQA_MODES}, got {gqa!r}")
     unfoldable = [("params/embed/embedding", 0), ("params/embed/embedding", 1), ("params/final_norm/scale", 0)]
     if not cfg.tie_word_embeddings:
         unfoldable += [("params/lm_head/kernel", 0), ("params/lm_head/kernel", 1)]
