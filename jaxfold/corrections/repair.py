@@ -40,11 +40,18 @@ def recompute_bn_statistics(config: ModelConfig, variables: Mapping[str, Any], b
     if "batch_stats" not in variables or not variables["batch_stats"]:
         return dict(variables)
     module = config.module()
+    return averaged_statistics(variables, batches, lambda x: _batch_stats(module, variables, x), "batch_stats/")
+
+
+def averaged_statistics(variables: Mapping[str, Any], batches: Batches,
+                        batch_stats: Any, prefix: str = "") -> dict[str, Any]:
+    """``variables`` with each running mean/var named by ``batch_stats(x)`` (``{module: (mean, var)}``, the
+    variables ``{prefix}{module}/mean`` and ``…/var``) set to the example-weighted average over ``batches()``."""
     sums: dict[str, list[Any]] = {}
     count = 0
     for x in batches():
         n = x.shape[0]
-        for path, (mean, var) in _batch_stats(module, variables, x).items():
+        for path, (mean, var) in batch_stats(x).items():
             acc = sums.setdefault(path, [0.0, 0.0])
             acc[0], acc[1] = acc[0] + n * np.asarray(mean, np.float64), acc[1] + n * np.asarray(var, np.float64)
         count += n
@@ -53,8 +60,8 @@ def recompute_bn_statistics(config: ModelConfig, variables: Mapping[str, Any], b
     flat = tree_lib.flatten(variables)
     for path, (mean_sum, var_sum) in sums.items():
         for name, value in (("mean", mean_sum), ("var", var_sum)):
-            old = flat[f"batch_stats/{path}/{name}"]
-            flat[f"batch_stats/{path}/{name}"] = np.asarray(value / count, np.asarray(old).dtype)
+            old = flat[f"{prefix}{path}/{name}"]
+            flat[f"{prefix}{path}/{name}"] = np.asarray(value / count, np.asarray(old).dtype)
     return tree_lib.unflatten(flat)
 
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import core
 
-from jaxfold import tree as tree_lib
+from jaxfold.corrections.repair import averaged_statistics
 from jaxfold.errors import UserError
 from jaxfold.trace.derive import Traced
 from jaxfold.trace.rebuild import Evaluator, FoldedApply
@@ -131,28 +131,15 @@ def recompute_statistics(folded: FoldedApply, variables: Mapping[str, Any],
     average of its training-mode batch statistics over ``batches()`` (each batch: the model's one input)."""
     leaves = jax.tree_util.tree_leaves(variables)
     compiled: dict[Any, Callable[..., Any]] = {}
-    sums: dict[str, list[Any]] = {}
-    count = 0
-    for x in batches():
+
+    def batch_stats(x: Any) -> dict[str, tuple[jax.Array, jax.Array]]:
         traced = folded.traced_for((x,))
-        if len(jax.tree_util.tree_leaves([a for i, a in enumerate((x,)) if i not in traced.static])) != \
-                len(traced.closed.jaxpr.invars) - len(leaves):
+        if len(traced.closed.jaxpr.invars) != len(leaves) + 1:
             raise UserError("repair on a traced model needs a model with one input, given as the batches")
         key = (np.shape(x), str(x.dtype))
         if key not in compiled:
             evaluator = TrainModeEvaluator(traced, folded.sizes_for(traced))
             compiled[key] = jax.jit(lambda lv, xb, ev=evaluator: ev.statistics([*lv, xb]))
-        n = int(np.shape(x)[0])
-        for module, (mean, var) in compiled[key](leaves, x).items():
-            acc = sums.setdefault(module, [0.0, 0.0])
-            acc[0] = acc[0] + n * np.asarray(mean, np.float64)
-            acc[1] = acc[1] + n * np.asarray(var, np.float64)
-        count += n
-    if not count:
-        raise UserError("repair got no data: the batches function yielded nothing")
-    flat = tree_lib.flatten(variables)
-    for module, (mean_sum, var_sum) in sums.items():
-        for name, value in (("mean", mean_sum), ("var", var_sum)):
-            old = flat[f"{module}/{name}"]
-            flat[f"{module}/{name}"] = np.asarray(value / count, np.asarray(old).dtype)
-    return tree_lib.unflatten(flat)
+        return compiled[key](leaves, x)
+
+    return averaged_statistics(variables, batches, batch_stats)
