@@ -363,7 +363,10 @@ def _prepare_host(x: np.ndarray):
 
 
 def host_resident(x) -> bool:
-    """Whether ``x`` lives in host memory: a numpy (or other non-JAX) array, or a JAX array on CPU devices."""
+    """Whether ``x`` lives in host memory: a numpy (or other non-JAX) array, or a JAX array on CPU devices. A tracer
+    (inside jit) has no placement yet, so it is not."""
+    if isinstance(x, jax.core.Tracer):
+        return False
     return not isinstance(x, jax.Array) or all(device.platform == "cpu" for device in x.devices())
 
 

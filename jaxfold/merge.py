@@ -67,11 +67,6 @@ _merge_member_on_device = jax.jit(_merge_member, static_argnames=("member", "n",
 
 
 # --- the inverse direction: used to test folding and to build wide models with known redundancy ---------------------
-def _on_host(x: Any) -> bool:
-    """A concrete host array (a tracer, e.g. under jit, is neither)."""
-    return not isinstance(x, jax.core.Tracer) and host_resident(x)
-
-
 def _gather_channels(variables: Mapping[str, Any], group: Group, index: np.ndarray,
                      consumer_divisor: np.ndarray | None = None) -> dict[str, Any]:
     """New channel j = old channel ``index[j]`` in every member; consumer rows are divided by
@@ -79,9 +74,9 @@ def _gather_channels(variables: Mapping[str, Any], group: Group, index: np.ndarr
     flat = tree_lib.flatten(variables)
     n = group.members[0].width(np.shape(flat[group.members[0].path]))
     out = dict(flat)
+    # host leaves in numpy: eager jax.numpy would compile a gather per leaf shape
+    xp = np if all(host_resident(flat[m.path]) for m in group.members) else jnp
     for m in group.members:
-        # host leaves in numpy: eager jax.numpy would compile a gather per leaf shape
-        xp = np if all(_on_host(flat[x.path]) for x in group.members) else jnp
         array = xp.asarray(out[m.path])  # out: a variable may hold the group on two axes
         rows = m.channel_first(array, n)[xp.asarray(index)]
         if m.role == "consumer" and consumer_divisor is not None:
