@@ -28,6 +28,7 @@ import numpy as np
 from jaxfold import tree as tree_lib
 from jaxfold.errors import UserError
 from jaxfold.kmeans import host_rng
+from jaxfold.merge import permute_group
 from jaxfold.spec import FoldSpec, Group, Member
 from jaxfold.trace.analysis import Analysis, Rule, analyse
 from jaxfold.trace.rules import RULES
@@ -54,20 +55,28 @@ def _is_array(x: Any) -> bool:
         hasattr(x, "shape") and hasattr(x, "dtype"))
 
 
+def split_static(args: Sequence[Any]) -> tuple[dict[int, Any], list[Any]]:
+    """(non-array arguments by position — flags, None: closed over as static values —, the array arguments)."""
+    static = {i: a for i, a in enumerate(args) if not _is_array(a)}
+    return static, [a for i, a in enumerate(args) if i not in static]
+
+
+def _with_static(apply_fn: Callable[..., Any], static: Mapping[int, Any], n_args: int) -> Callable[..., Any]:
+    """``apply_fn`` as a function of (variables, *array arguments), the static ones put back in place."""
+    def call(v: Any, *dynamic: Any) -> Any:
+        it = iter(dynamic)
+        return apply_fn(v, *[static[i] if i in static else next(it) for i in range(n_args)])
+
+    return call
+
+
 def trace(apply_fn: Callable[..., Any], variables: Mapping[str, Any], example_args: Sequence[Any],
           rules: Mapping[str, Rule] | None = None) -> Traced:
     """The jaxpr of ``apply_fn(variables, *example_args)`` and its analysis. Non-array example arguments (flags,
     None) are closed over as static values."""
-    static = {i: a for i, a in enumerate(example_args) if not _is_array(a)}
-    dynamic = [a for i, a in enumerate(example_args) if i not in static]
-
-    def call(v: Any, *dyn: Any) -> Any:
-        it = iter(dyn)
-        return apply_fn(v, *[static[i] if i in static else next(it) for i in range(len(example_args))])
-
-    leaves_with_paths, _ = jax.tree_util.tree_flatten_with_path(variables)
-    paths = [_path(kp) for kp, _ in leaves_with_paths]
-    shapes = {p: tuple(np.shape(x)) for p, (_, x) in zip(paths, leaves_with_paths, strict=True)}
+    static, dynamic = split_static(example_args)
+    call = _with_static(apply_fn, static, len(example_args))
+    paths = [_path(kp) for kp, _ in jax.tree_util.tree_flatten_with_path(variables)[0]]
     try:
         closed, out_shapes = jax.make_jaxpr(call, return_shape=True)(variables, *dynamic)
     except Exception as e:  # the user's model did not trace: say so, with the cause
@@ -78,16 +87,15 @@ def trace(apply_fn: Callable[..., Any], variables: Mapping[str, Any], example_ar
     if len(closed.jaxpr.invars) != len(paths) + n_leaves:
         raise TraceError("internal: the traced program's inputs do not match the variables and example inputs")
     analysis = analyse(closed, paths, {**RULES, **(rules or {})})
-    return Traced(analysis, shapes, closed, jax.tree_util.tree_structure(out_shapes), static)
+    return Traced(analysis, closed, jax.tree_util.tree_structure(out_shapes), static)
 
 
 @dataclasses.dataclass(frozen=True)
 class Traced:
-    """A traced forward pass: its analysis, the variables' shapes by path, the program, the output structure and
-    the static (closed-over) example arguments by position."""
+    """A traced forward pass: its analysis, the program, the output structure and the static (closed-over) example
+    arguments by position."""
 
     analysis: Analysis
-    shapes: dict[str, tuple[int, ...]]
     closed: Any
     out_tree: Any
     static: dict[int, Any]
@@ -114,11 +122,11 @@ class _Choice:
     block: int
 
 
-def build_spec(analysis: Analysis, shapes: Mapping[str, tuple[int, ...]], *,
-               unfoldable: Iterable[tuple[str, int]] = (), overrides: Mapping[str, Group | None] | None = None
-               ) -> FoldSpec:
+def build_spec(analysis: Analysis, *, unfoldable: Iterable[tuple[str, int]] = (),
+               overrides: Mapping[str, Group | None] | None = None) -> FoldSpec:
     """The fold spec an analysis implies (see the module docstring), before the permutation check."""
     atoms = analysis.atoms
+    shapes = {path: shape for path, (_, shape) in analysis.params.items()}  # in the variables' flatten order
     axis_atoms = {}
     for path, (var, shape) in analysis.params.items():
         dims = analysis.values[var].dims
@@ -246,39 +254,29 @@ def _name(member: Member, taken: set[str]) -> str:
     return name
 
 
-def _permuted(flat: Mapping[str, np.ndarray], group: Group, n: int, perm: np.ndarray) -> dict[str, np.ndarray]:
-    """The flat host variables with ``group``'s channels reordered (numpy: nothing to compile per shape)."""
-    out = dict(flat)
-    for m in group.members:
-        array = out[m.path]  # a variable may hold the group on two axes
-        out[m.path] = m.from_channel_first(m.channel_first(array, n)[perm], array.shape, n)
-    return out
-
-
 def verify_permutations(spec: FoldSpec, apply_fn: Callable[..., Any], variables: Mapping[str, Any],
                         example_args: Sequence[Any], key: jax.Array, rtol: float = 1e-4) -> dict[str, str]:
     """Groups whose random channel permutation changes the outputs (group → why): a spec that is wrong there."""
     leaves_with_paths, treedef = jax.tree_util.tree_flatten_with_path(variables)
     paths = [_path(kp) for kp, _ in leaves_with_paths]
-    flat = {p: np.asarray(x) for p, (_, x) in zip(paths, leaves_with_paths, strict=True)}
-    static = {i: a for i, a in enumerate(example_args) if not _is_array(a)}
-    dynamic = [a for i, a in enumerate(example_args) if i not in static]
+    host = tree_lib.unflatten({p: np.asarray(x) for p, (_, x) in zip(paths, leaves_with_paths, strict=True)})
+    static, dynamic = split_static(example_args)
+    call = _with_static(apply_fn, static, len(example_args))
 
     @jax.jit
     def run(leaves: list[Any], dyn: list[Any]) -> Any:
-        it = iter(dyn)
-        args = [static[i] if i in static else next(it) for i in range(len(example_args))]
-        return apply_fn(jax.tree_util.tree_unflatten(treedef, leaves), *args)
+        return call(jax.tree_util.tree_unflatten(treedef, leaves), *dyn)
 
-    reference = jax.tree_util.tree_leaves(run([flat[p] for p in paths], dynamic))
-    widths = spec.widths(tree_lib.unflatten(flat))
+    def outputs(nested: Mapping[str, Any]) -> list[Any]:  # numpy leaves: permute_group compiles nothing
+        flat = tree_lib.flatten(nested)
+        return jax.tree_util.tree_leaves(run([flat[p] for p in paths], dynamic))
+
+    reference = outputs(host)
+    widths = spec.widths(host)
     failed = {}
     rng = host_rng(key)
     for group in spec.groups:
-        n = widths[group.name]
-        perm = rng.permutation(n)
-        permuted = _permuted(flat, group, n, perm)
-        outs = jax.tree_util.tree_leaves(run([permuted[p] for p in paths], dynamic))
+        outs = outputs(permute_group(host, group, rng.permutation(widths[group.name])))
         for ref, out in zip(reference, outs, strict=True):
             ref, out = np.asarray(ref, np.float64), np.asarray(out, np.float64)
             scale = float(np.max(np.abs(ref))) if ref.size else 0.0
@@ -311,7 +309,7 @@ def derive(apply_fn: Callable[..., Any], variables: Mapping[str, Any], example_a
            key: jax.Array | None = None) -> tuple[FoldSpec, Traced]:
     """:func:`derive_spec` that also returns the trace (the traced model's rebuild needs it)."""
     traced = trace(apply_fn, variables, example_args, rules)
-    spec = build_spec(traced.analysis, traced.shapes, unfoldable=unfoldable, overrides=overrides)
+    spec = build_spec(traced.analysis, unfoldable=unfoldable, overrides=overrides)
     concrete = all(not isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree_util.tree_leaves((variables,
                                                                                               example_args)))
     if verify is None:

@@ -22,10 +22,8 @@ from jax.extend import core
 from jaxfold.errors import UserError
 from jaxfold.spec import FoldSpec
 from jaxfold.trace.analysis import Analysis, Rule
-from jaxfold.trace.derive import Traced, trace
-
-_CALLS = {"jit", "pjit", "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr", "remat2", "checkpoint",
-          "closed_call", "core_call"}
+from jaxfold.trace.derive import Traced, split_static, trace
+from jaxfold.trace.rules import CALLS, inner_program
 
 
 def group_sizes(analysis: Analysis, spec: FoldSpec, widths: Mapping[str, int]) -> dict[int, int]:
@@ -83,8 +81,8 @@ class Evaluator:
 
     def equation(self, eqn: Any, ins: list[Any]) -> list[Any]:
         name, params = eqn.primitive.name, dict(eqn.params)
-        if name in _CALLS:
-            inner = next(params[k] for k in ("jaxpr", "call_jaxpr", "fun_jaxpr") if k in params)
+        if name in CALLS:
+            inner = inner_program(params)
             return self.closed(inner, ins) if hasattr(inner, "consts") else self.program(inner, [], ins)
         if name == "scan":
             return self._scan(params, ins)
@@ -185,8 +183,8 @@ class FoldedApply:
 
     def __call__(self, variables: Any, *args: Any) -> Any:
         self.traced_for(args)
-        run, traced = self._compiled[self._key(args)]
-        dynamic = [a for i, a in enumerate(args) if i not in traced.static]
+        run, _ = self._compiled[self._key(args)]
+        dynamic = split_static(args)[1]
         leaves, treedef = jax.tree_util.tree_flatten(variables)
         expected = jax.tree_util.tree_structure(self.original)
         if treedef != expected:

@@ -70,10 +70,6 @@ def elementwise(an: Analysis, eqn: Any, ins: list[Value]) -> list[Value]:
     return [Value(tuple(dims), False, origins) for _ in eqn.outvars]
 
 
-def select_n(an: Analysis, eqn: Any, ins: list[Value]) -> list[Value]:
-    return elementwise(an, eqn, ins)
-
-
 # --- layout ---------------------------------------------------------------------------------------------------------
 def _layout(value: Value, dims: Sequence[int], sources: Sequence[Sequence[int]]) -> Value:
     """A value that rearranges ``value`` (axis j made of ``value``'s axes ``sources[j]``)."""
@@ -412,7 +408,13 @@ def random_bits(an: Analysis, eqn: Any, ins: list[Value]) -> list[Value]:
 
 
 # --- programs inside programs ---------------------------------------------------------------------------------------
-def _inner(params: dict[str, Any]) -> Any:
+# primitives that call one inner program with their operands (the rebuild inlines them too)
+CALLS = ("jit", "pjit", "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr", "remat2", "checkpoint",
+         "closed_call", "core_call")
+
+
+def inner_program(params: dict[str, Any]) -> Any:
+    """The program a :data:`CALLS` primitive runs (a closed or an open jaxpr)."""
     for name in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
         if name in params:
             return params[name]
@@ -421,17 +423,31 @@ def _inner(params: dict[str, Any]) -> Any:
 
 def call(an: Analysis, eqn: Any, ins: list[Value]) -> list[Value]:
     """jit, custom_jvp_call, custom_vjp_call, remat, closed_call: the inner program, as if inlined."""
-    inner = _inner(eqn.params)
+    inner = inner_program(eqn.params)
     if hasattr(inner, "consts"):
         return analyse_closed(an, inner, ins)
     return analyse_program(an, inner, [], ins)
 
 
-def _loop_carry(an: Analysis, carry_in: list[Value], carry_out: list[Value]) -> list[Value]:
-    for a, b in zip(carry_in, carry_out, strict=True):
-        for x, y in zip(a.dims, b.dims, strict=True):
-            an.union_axes(x, y)
-    return [Value(a.dims, True) if (a.act or b.act) else a for a, b in zip(carry_in, carry_out, strict=True)]
+def _union_values(an: Analysis, a: Sequence[Value], b: Sequence[Value]) -> None:
+    """Values that are one another's (a loop's carry in and out, a cond's branch outputs): axis by axis."""
+    for x, y in zip(a, b, strict=True):
+        for p, q in zip(x.dims, y.dims, strict=True):
+            an.union_axes(p, q)
+
+
+def _loop_body(an: Analysis, body: Any, consts: list[Value], carry: list[Value], xs: list[Value]
+               ) -> tuple[list[Value], list[Value]]:
+    """A loop body's (carry, other outputs), its carry tied to its inputs; analysed a second time when the carry
+    turns out to be an activation."""
+    for _ in range(2):
+        outs = analyse_closed(an, body, [*consts, *carry, *xs])
+        _union_values(an, carry, outs[:len(carry)])
+        new_carry = [Value(a.dims, True) if (a.act or b.act) else a for a, b in zip(carry, outs, strict=False)]
+        if [c.act for c in new_carry] == [c.act for c in carry]:
+            break
+        carry = new_carry
+    return new_carry, outs[len(carry):]
 
 
 def scan(an: Analysis, eqn: Any, ins: list[Value]) -> list[Value]:
@@ -444,26 +460,14 @@ def scan(an: Analysis, eqn: Any, ins: list[Value]) -> list[Value]:
         an.poison_axis(x, 0, reason)
     body_xs = [Value(x.dims[1:], x.act, mapped(x, [[a] for a in range(1, x.ndim)]) if not x.act else (),
                      x.produced_by) for x in xs]
-    body = eqn.params["jaxpr"]
-    for _ in range(2):  # a second pass when the carry turns out to be an activation
-        outs = analyse_closed(an, body, [*consts, *carry, *body_xs])
-        new_carry = _loop_carry(an, carry, outs[:ncarry])
-        if [c.act for c in new_carry] == [c.act for c in carry]:
-            break
-        carry = new_carry
-    ys = [Value((an.atoms.new(eqn.params["length"], reason), *y.dims), y.act) for y in outs[ncarry:]]
-    return [*new_carry, *ys]
+    new_carry, ys = _loop_body(an, eqn.params["jaxpr"], consts, carry, body_xs)
+    return [*new_carry, *(Value((an.atoms.new(eqn.params["length"], reason), *y.dims), y.act) for y in ys)]
 
 
 def while_loop(an: Analysis, eqn: Any, ins: list[Value]) -> list[Value]:
     cn, bn = eqn.params["cond_nconsts"], eqn.params["body_nconsts"]
     cond_consts, body_consts, carry = ins[:cn], ins[cn:cn + bn], ins[cn + bn:]
-    for _ in range(2):
-        outs = analyse_closed(an, eqn.params["body_jaxpr"], [*body_consts, *carry])
-        new_carry = _loop_carry(an, carry, outs)
-        if [c.act for c in new_carry] == [c.act for c in carry]:
-            break
-        carry = new_carry
+    new_carry, _ = _loop_body(an, eqn.params["body_jaxpr"], body_consts, carry, [])
     analyse_closed(an, eqn.params["cond_jaxpr"], [*cond_consts, *new_carry])
     return new_carry
 
@@ -473,9 +477,7 @@ def cond(an: Analysis, eqn: Any, ins: list[Value]) -> list[Value]:
     results = [analyse_closed(an, branch, operands) for branch in eqn.params["branches"]]
     outs = results[0]
     for other in results[1:]:
-        for a, b in zip(outs, other, strict=True):
-            for x, y in zip(a.dims, b.dims, strict=True):
-                an.union_axes(x, y)
+        _union_values(an, outs, other)
     act = ins[0].act or any(v.act for v in operands)
     return [Value(v.dims, True) if act else v for v in outs]
 
@@ -493,7 +495,7 @@ _BINARY = (
     "igamma", "igammac", "polygamma", "zeta",
 )
 RULES: dict[str, Rule] = {
-    **dict.fromkeys(_UNARY, unary), **dict.fromkeys(_BINARY, elementwise), "select_n": select_n,
+    **dict.fromkeys(_UNARY, unary), **dict.fromkeys((*_BINARY, "select_n"), elementwise),
     "transpose": transpose, "broadcast_in_dim": broadcast_in_dim, "squeeze": squeeze, "expand_dims": expand_dims,
     "reshape": reshape, "tile": tile, "dot_general": dot_general, "conv_general_dilated": conv_general_dilated,
     **dict.fromkeys(["reduce_sum", "reduce_max", "reduce_min", "reduce_prod", "reduce_and", "reduce_or",
@@ -504,8 +506,7 @@ RULES: dict[str, Rule] = {
     "rev": rev, "concatenate": concatenate, "stack": stack, "split": split, "sort": sort, "gather": gather,
     "iota": iota, "random_bits": random_bits,
     **dict.fromkeys(["reduce_window_max", "reduce_window_min", "reduce_window_sum", "reduce_window"], reduce_window),
-    **dict.fromkeys(["jit", "pjit", "custom_jvp_call", "custom_vjp_call", "custom_vjp_call_jaxpr", "remat2",
-                     "checkpoint", "closed_call", "core_call"], call),
+    **dict.fromkeys(CALLS, call),
     "scan": scan, "while": while_loop, "cond": cond,
 }
 

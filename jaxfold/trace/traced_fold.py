@@ -70,6 +70,9 @@ def fold_traced(apply_fn: Callable[..., Any], variables: Mapping[str, Any], plan
         traced = None
     derive_seconds = time.perf_counter() - t0
     fix = _traced_correction(correction)
+    if fix.name == "repair" and data is None:  # before any work
+        raise UserError("correction 'repair' needs data: pass data=… (a function returning batches of the "
+                        "model's input) or choose a data-free correction (none, fold_ar)")
     key_fold, key_fix = jax.random.split(key_fold)
     epsilons = {}
     if fix.prepare is not None:  # Fold-AR fuses each BatchNorm with the ε its program adds
@@ -83,9 +86,6 @@ def fold_traced(apply_fn: Callable[..., Any], variables: Mapping[str, Any], plan
     folded = FoldedApply(apply_fn, variables, spec, result.widths, rules,
                          first=(example_args, traced) if traced is not None else None)
     if fix.name == "repair":  # the BatchNorms' statistics in training mode, from the folded program itself
-        if data is None:
-            raise UserError("correction 'repair' needs data: pass data=… (a function returning batches of the "
-                            "model's input) or choose a data-free correction (none, fold_ar)")
         corrected = recompute_statistics(folded, result.variables, data)
     else:
         corrected = fix.apply(dataclasses.replace(ctx, spec=fold_spec, prepared=prepared, folded=result.variables,
