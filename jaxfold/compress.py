@@ -111,5 +111,6 @@ def correct(model_config: ModelConfig, variables: dict[str, Any], compressed: Co
         ctx.require_data(fix.name)
     t0 = time.perf_counter()
     corrected = fix.apply(ctx)
-    report = dict(compressed.report, correction=fix.name, correction_seconds=round(time.perf_counter() - t0, 4))
+    report = dict(compressed.report, **ctx.notes, correction=fix.name,
+                  correction_seconds=round(time.perf_counter() - t0, 4))
     return rebuild(model_config, corrected, compressed.config_widths(), compressed.channel_map, report)

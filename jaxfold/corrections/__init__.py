@@ -1,6 +1,6 @@
 """Variance corrections, selected by name: ``none`` (Fold-Naive), ``repair`` (Fold-R, data), ``fold_ar``
-(Fold-AR, data-free), ``fold_dir`` (Fold-DIR, data-free). See :mod:`jaxfold.corrections.registry` for how to add
-one."""
+(Fold-AR, data-free), ``fold_dir`` (Fold-DIR, data-free), ``refit`` (transformer consumers re-solved on calibration
+tokens). See :mod:`jaxfold.corrections.registry` for how to add one."""
 
 from jaxfold.corrections.registry import (
     CORRECTIONS,
@@ -14,4 +14,4 @@ from jaxfold.corrections.registry import (
 __all__ = ["CORRECTIONS", "Batches", "Correction", "CorrectionContext", "get_correction", "register_correction"]
 
 # built-in corrections register themselves on import
-from jaxfold.corrections import fold_ar, fold_dir, repair  # noqa: F401
+from jaxfold.corrections import fold_ar, fold_dir, norm_tune, refit, repair  # noqa: F401

@@ -47,6 +47,7 @@ class CorrectionContext:
     labels: dict[str, np.ndarray] | None = None
     data: Batches | None = None  # training-data batches, for data-driven corrections
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    notes: dict[str, Any] = dataclasses.field(default_factory=dict)  # apply may add to it: merged into the report
 
     def require_data(self, who: str) -> Batches:
         if self.data is None:

@@ -1,0 +1,119 @@
+"""refit: transformer consumers (mlp/down, attn/o) re-solved in closed form on calibration token windows — the
+identity on an uncompressed model, exact on a lossless fold, a smaller block-output error after a lossy fold or
+a pruning (on the calibration tokens and on held-out ones), and clear errors for what it cannot use."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxfold import tree
+from jaxfold.baselines import prune_model
+from jaxfold.compress import correct, fold_model
+from jaxfold.corrections.refit import block_errors, refit_consumers, token_batches
+from jaxfold.errors import UserError
+from jaxfold.merge import duplicate_channels
+from jaxfold.models.llama import llama
+from jaxfold.models.mlp import MLPConfig
+
+CFG = llama(vocab_size=32, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64,
+            max_position_embeddings=64)
+_LOGITS = {}
+
+
+def _variables(cfg, seed=0):
+    """Random weights large enough that attention and SiLU are far from linear; norm scales 1 ± 0.1."""
+    rng = np.random.default_rng(seed)
+    flat = {p: (1 + 0.1 * rng.normal(size=s) if p.endswith("scale") else 0.15 * rng.normal(size=s)).astype(np.float32)
+            for p, (s, _) in tree.shapes(cfg.abstract_variables()).items()}
+    return tree.unflatten(flat)
+
+
+def _logits(cfg, variables, ids):
+    if cfg not in _LOGITS:
+        module = cfg.module()
+        _LOGITS[cfg] = jax.jit(lambda v, x: module.apply(v, x))
+    return np.asarray(_LOGITS[cfg](variables, ids))
+
+
+def _assert_close(a, b, tol, what):
+    diff, scale = float(np.abs(a - b).max()), max(1.0, float(np.abs(b).max()))
+    assert diff <= tol * scale, f"{what}: max diff {diff:.3g} at scale {scale:.3g}"
+
+
+@pytest.fixture(scope="module")
+def model():
+    rng = np.random.default_rng(0)
+    calibration = rng.integers(0, CFG.vocab_size, (16, 32)).astype(np.int32)
+    held_out = rng.integers(0, CFG.vocab_size, (8, 32)).astype(np.int32)
+    return _variables(CFG), calibration, held_out
+
+
+def test_uncompressed_refit_is_the_identity(model):
+    variables, calibration, held_out = model
+    new = refit_consumers(CFG, variables, CFG, variables, calibration, ridge=0.0, which="all")
+    _assert_close(_logits(CFG, new, held_out), _logits(CFG, variables, held_out), 2e-4, "refit of the dense model")
+
+
+def test_refit_keeps_a_lossless_fold_exact(model):
+    _, calibration, held_out = model
+    half = {g: n // 2 for g, n in CFG.fold_spec().widths(CFG.abstract_variables()).items()}
+    small_cfg = CFG.with_widths(half)
+    small = _variables(small_cfg, 1)
+    wide = small
+    for group in small_cfg.fold_spec().groups:  # every KV group and MLP neuron twice: the same function, at CFG
+        wide = duplicate_channels(wide, group, np.tile(np.arange(half[group.name]), 2))
+    expected = _logits(small_cfg, small, held_out)
+    _assert_close(_logits(CFG, wide, held_out), expected, 2e-5, "widened")
+    back = fold_model(CFG, wide, lambda g, n: half[g], jax.random.key(0), clusterer="ward")
+    assert back.config == small_cfg
+    out = correct(CFG, wide, back, "refit", data=lambda: (calibration[i:i + 8] for i in (0, 8)),
+                  options={"ridge": 0.0})
+    assert sorted(out.report["refit"]["fit"]) == [f"block_{i}/{c}" for i in range(2) for c in ("attn/o", "mlp/down")]
+    _assert_close(_logits(small_cfg, out.variables, held_out), expected, 2e-4, "refit of a lossless fold")
+
+
+@pytest.mark.parametrize("target", ["dense", "residual"])
+def test_refit_reduces_the_fold_error(model, target):
+    variables, calibration, held_out = model
+    folded = fold_model(CFG, variables, 0.5, jax.random.key(1), clusterer="ward")
+    assert folded.config.num_heads == (2, 2) and folded.config.intermediate_sizes == (32, 32)
+    out = correct(CFG, variables, folded, "refit", data=lambda: (calibration[i:i + 8] for i in (0, 8)),
+                  options={"target": target})
+    assert out.report["correction"] == "refit" and out.report["calibration_tokens"] == calibration.size
+    assert out.config == folded.config and tree.compare(folded.variables, out.variables) == []
+    for fit_before, fit_after in out.report["refit"]["fit"].values():
+        assert fit_after < fit_before
+    for tokens in (calibration, held_out):
+        before = block_errors(CFG, variables, folded.config, folded.variables, tokens)
+        after = block_errors(CFG, variables, out.config, out.variables, tokens)
+        assert all(a < b for a, b in zip(after, before, strict=True)), (before, after)
+
+
+def test_refit_after_pruning(model):
+    variables, calibration, held_out = model
+    pruned = prune_model(CFG, variables, 0.5)
+    new = refit_consumers(CFG, variables, pruned.config, pruned.variables, calibration, which="all")
+    before = block_errors(CFG, variables, pruned.config, pruned.variables, held_out)
+    after = block_errors(CFG, variables, pruned.config, new, held_out)
+    assert after[-1] < before[-1], (before, after)
+    untouched = ("embed", "final_norm", "lm_head")
+    assert all(np.array_equal(new["params"][m], pruned.variables["params"][m]) for m in untouched)
+
+
+def test_refit_refuses_what_it_cannot_use(model):
+    variables, calibration, _ = model
+    pruned = prune_model(CFG, variables, 0.5)
+    with pytest.raises(UserError, match="needs training data"):
+        correct(CFG, variables, pruned, "refit")
+    with pytest.raises(UserError, match="no calibration data"):
+        correct(CFG, variables, pruned, "refit", data=lambda: [])
+    with pytest.raises(UserError, match="int token windows"):
+        correct(CFG, variables, pruned, "refit", data=lambda: [np.zeros((2, 8, 8, 3), np.float32)])
+    with pytest.raises(UserError, match="token ids must be in"):
+        token_batches(calibration + CFG.vocab_size, CFG.vocab_size)
+    with pytest.raises(UserError, match="unknown"):
+        correct(CFG, variables, pruned, "refit", data=lambda: [calibration], options={"lamda": 1.0})
+    with pytest.raises(UserError, match="target"):
+        refit_consumers(CFG, variables, pruned.config, pruned.variables, calibration, target="logits")
+    with pytest.raises(UserError, match="LLaMA-style"):
+        refit_consumers(MLPConfig(), variables, pruned.config, pruned.variables, calibration)
