@@ -27,8 +27,14 @@ def group_features(flat: Mapping[str, Any], group: Group, n: int) -> Any:
     return xp.concatenate([xp.asarray(p, xp.float32) for p in parts], axis=1)
 
 
-def merge_rows(rows: Any, labels: Any, k: int, role: str) -> Any:
-    """(n, …) → (k, …): the sum over each cluster for consumers, the mean otherwise."""
+def merge_rows(rows: Any, labels: Any, k: int, role: str, weights: Any = None) -> Any:
+    """(n, …) → (k, …): the sum over each cluster for consumers, the mean otherwise.
+
+    ``weights`` (n,) ≥ 0 make the mean a weighted one, Σ w_i·r_i / Σ w_i per cluster (consumers are still summed):
+    the activation-aware merge (:mod:`jaxfold.corrections.activation_aware`). A cluster whose weights are all 0
+    gets the plain mean. None: the plain mean, unchanged."""
+    if weights is not None and role != "consumer":
+        return _weighted_mean(rows, labels, k, weights)
     if array_module(rows) is np:  # a sparse (k, n) one-hot: O(n·m), 3–10× faster than the dense BLAS product here
         n, labels = rows.shape[0], np.asarray(labels)
         onehot = scipy.sparse.csr_matrix((np.ones(n, rows.dtype), (labels, np.arange(n))), shape=(k, n))
@@ -42,23 +48,49 @@ def merge_rows(rows: Any, labels: Any, k: int, role: str) -> Any:
     return summed / counts.reshape(-1, *([1] * (rows.ndim - 1)))
 
 
-def merge_group(flat: dict[str, Any], group: Group, labels: Any, n: int, k: int) -> dict[str, Any]:
-    """Apply one group's clustering to every member; returns the updated flat dict (a new dict)."""
+def _weighted_mean(rows: Any, labels: Any, k: int, weights: Any) -> Any:
+    """merge_rows' weighted mean; weights are scaled by their maximum first (energies can be large)."""
+    xp = array_module(rows)
+    if xp is np:  # float64 on the host: weights spanning many orders of magnitude lose nothing
+        w = np.asarray(weights, np.float64)
+        labels = np.asarray(labels)
+        totals = np.bincount(labels, weights=w, minlength=k)
+        w = np.where(totals[labels] > 0, w / max(w.max(initial=0.0), np.finfo(np.float64).tiny), 1.0)
+        n = rows.shape[0]
+        onehot = scipy.sparse.csr_matrix((w, (labels, np.arange(n))), shape=(k, n))
+        summed = np.asarray(onehot @ rows.reshape(n, -1).astype(np.float64))
+        totals = np.bincount(labels, weights=w, minlength=k)
+        return (summed / totals[:, None]).reshape(k, *rows.shape[1:]).astype(rows.dtype)
+    w = jnp.asarray(weights, jnp.float32)
+    totals = jax.ops.segment_sum(w, labels, num_segments=k)
+    w = jnp.where(totals[labels] > 0, w / jnp.maximum(jnp.max(w), jnp.finfo(jnp.float32).tiny), 1.0)
+    totals = jax.ops.segment_sum(w, labels, num_segments=k)
+    summed = jax.ops.segment_sum(rows * w.reshape(-1, *([1] * (rows.ndim - 1))).astype(rows.dtype), labels,
+                                 num_segments=k)
+    return summed / totals.reshape(-1, *([1] * (rows.ndim - 1))).astype(rows.dtype)
+
+
+def merge_group(flat: dict[str, Any], group: Group, labels: Any, n: int, k: int,
+                weights: Any = None) -> dict[str, Any]:
+    """Apply one group's clustering to every member; returns the updated flat dict (a new dict). ``weights``
+    (n,): averaged members take weighted means (:func:`merge_rows`)."""
     out = dict(flat)
     for m in group.members:
         array = out[m.path]  # a variable may hold the group on two axes (a conv from a stream onto itself)
         if isinstance(array, np.ndarray):
-            out[m.path] = _merge_member(array, labels, member=m, n=n, k=k)
+            out[m.path] = _merge_member(array, labels, weights, member=m, n=n, k=k)
         else:
             # keyed on the layout, not the path: same-shaped leaves of a group share the executable
             layout = dataclasses.replace(m, path="")
-            out[m.path] = _merge_member_on_device(array, jnp.asarray(labels), member=layout, n=n, k=k)
+            out[m.path] = _merge_member_on_device(array, jnp.asarray(labels),
+                                                  None if weights is None else jnp.asarray(weights, jnp.float32),
+                                                  member=layout, n=n, k=k)
     return out
 
 
-def _merge_member(array: Any, labels: Any, *, member: Member, n: int, k: int) -> Any:
+def _merge_member(array: Any, labels: Any, weights: Any = None, *, member: Member, n: int, k: int) -> Any:
     rows = member.channel_first(array, n)
-    merged = merge_rows(rows.astype(np.float32), labels, k, member.role).astype(array.dtype)
+    merged = merge_rows(rows.astype(np.float32), labels, k, member.role, weights).astype(array.dtype)
     return member.from_channel_first(merged, array.shape, k)
 
 

@@ -4,58 +4,28 @@ channels are removed (same k, hence same parameter count, as folding).
 
 For an LLM's MLP neuron that is Σ_out |W_down[i, out]|·‖h_i‖ (h = the down projection's input); for a head, the
 same summed over the head's rows of o_proj. Inputs are read with a Flax method interceptor on the consumers'
-``nn.Dense`` calls, so any Flax model whose consumers are Dense layers works.
+``nn.Dense`` calls (:mod:`jaxfold.input_norms`), so any Flax model whose consumers are Dense layers works.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxfold import tree as tree_lib
 from jaxfold.baselines.pruning import prune
 from jaxfold.compress import CompressedModel, rebuild
+from jaxfold.input_norms import ApplyFn, dense_input_norms, kernel_modules
 from jaxfold.plans import Plan
 from jaxfold.spec import FoldSpec
-
-ApplyFn = Callable[[Any, jax.Array], Any]
 
 
 def consumer_input_norms(apply_fn: ApplyFn, variables: Any, spec: FoldSpec,
                          batches: Iterable[Any]) -> dict[str, np.ndarray]:
     """``{consumer module path: ‖x_j‖₂ over all calibration tokens/examples}`` per input feature j."""
-    modules = {m.path.removeprefix("params/").removesuffix("/kernel") for g in spec.groups for m in g.members
-               if m.role == "consumer"}
-
-    def squares(v: Any, x: jax.Array) -> dict[str, jax.Array]:
-        found: dict[str, jax.Array] = {}
-
-        def record(next_fun, args, kwargs, context):
-            path = "/".join(context.module.path)
-            if isinstance(context.module, nn.Dense) and context.method_name == "__call__" and path in modules:
-                h = jnp.asarray(args[0], jnp.float32)
-                found[path] = jnp.sum(h.reshape(-1, h.shape[-1]) ** 2, axis=0)
-            return next_fun(*args, **kwargs)
-
-        with nn.intercept_methods(record):
-            apply_fn(v, x)
-        return found
-
-    step = jax.jit(squares)
-    sums: dict[str, np.ndarray] = {}
-    for x in batches:
-        for path, value in step(variables, x).items():
-            sums[path] = sums.get(path, 0.0) + np.asarray(value, np.float64)
-    missing = sorted(modules - set(sums))
-    if missing:
-        raise ValueError(f"Wanda-sp reads consumer inputs of nn.Dense layers; no Dense call seen for {missing} "
-                         "(convolutional consumers are not supported)")
-    return {path: np.sqrt(value) for path, value in sums.items()}
+    return dense_input_norms(apply_fn, variables, kernel_modules(spec, ("consumer",)), batches, who="Wanda-sp")
 
 
 def wanda_scores(variables: Mapping[str, Any], spec: FoldSpec, norms: Mapping[str, np.ndarray]) -> dict[str, Any]:

@@ -14,4 +14,4 @@ from jaxfold.corrections.registry import (
 __all__ = ["CORRECTIONS", "Batches", "Correction", "CorrectionContext", "get_correction", "register_correction"]
 
 # built-in corrections register themselves on import
-from jaxfold.corrections import fold_ar, fold_dir, norm_tune, refit, repair  # noqa: F401
+from jaxfold.corrections import activation_aware, fold_ar, fold_dir, norm_tune, refit, repair  # noqa: F401
