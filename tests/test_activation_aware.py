@@ -157,6 +157,9 @@ def test_errors(windows):
     with pytest.raises(UserError, match="int token windows"):
         fold_model(CFG, v, 0.5, jax.random.key(0), correction="act_cluster", n_init=1,
                    data=lambda: [np.zeros((2, 8), np.float32)])
+    with pytest.raises(UserError, match=r"token ids must be in \[0, 32\)"):
+        fold_model(CFG, v, 0.5, jax.random.key(0), correction="act_cluster", n_init=1,
+                   data=lambda: [np.full((2, 8), 32, np.int32)])
     with pytest.raises(UserError, match="takes no options"):
         fold_model(CFG, v, 0.5, jax.random.key(0), correction="act_aware", data=data, n_init=1,
                    correction_options={"alpha": 1.0})

@@ -75,9 +75,13 @@ def _batches(ctx: CorrectionContext, who: str) -> list[Any]:
 
     if isinstance(ctx.config, LlamaConfig):
         for b in batches:
-            if np.ndim(b) != 2 or np.asarray(b).dtype.kind not in "iu":
+            b = np.asarray(b)
+            if b.ndim != 2 or b.dtype.kind not in "iu" or b.size == 0:
                 raise UserError(f"{who} needs int token windows of shape (B, T) for a language model; got a "
-                                f"{np.asarray(b).dtype} batch of shape {np.shape(b)}")
+                                f"{b.dtype} batch of shape {b.shape}")
+            if b.min() < 0 or b.max() >= ctx.config.vocab_size:
+                raise UserError(f"{who}: token ids must be in [0, {ctx.config.vocab_size}), got "
+                                f"[{b.min()}, {b.max()}]")
     return batches
 
 
