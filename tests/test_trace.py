@@ -290,7 +290,7 @@ def test_fold_ar_on_a_traced_model_equals_the_zoo_correction():
     np.testing.assert_allclose(traced.apply_fn(traced.variables, *args),
                                zoo.config.module().apply(zoo.variables, *args, train=False), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="not available on a traced model"):
-        fold_traced(apply_fn, variables, 0.5, jax.random.key(2), *args, correction="fold_dir", **FAST)
+        fold_traced(apply_fn, variables, 0.5, jax.random.key(2), *args, correction="refit", **FAST)
     with pytest.raises(ValueError, match="needs data"):
         fold_traced(apply_fn, variables, 0.5, jax.random.key(2), *args, correction="repair", **FAST)
     module, x = _LayerNormMLP(), jnp.ones((2, 5))
@@ -315,3 +315,31 @@ def test_repair_on_a_traced_model_equals_the_zoo_correction():
     for path in expected:
         np.testing.assert_allclose(got[path], expected[path], rtol=1e-4, atol=1e-5, err_msg=path)
     assert traced.report["uncorrected_groups"] == []
+
+
+def test_fold_dir_on_a_traced_model_equals_the_zoo_correction(tmp_path):
+    """Fold-DIR through the program: DeepInversion matches each BatchNorm input's statistics (read off the program)
+    to its running ones, then REPAIR runs on that batch. On the MLP (Linear-BN-ReLU) the synthetic batch and the
+    folded model are the zoo correction's; the batch is cached (a second fold reads it); a BN-free model gets a
+    clear error."""
+    from jaxfold import fold_model
+
+    cfg, apply_fn, args = _zoo("mlp")
+    variables = cfg.init(jax.random.key(0))
+    options = dict(di_steps=3, di_batch_size=4, cache_dir=str(tmp_path / "zoo"))
+    zoo = fold_model(cfg, variables, 0.5, jax.random.key(2), correction="fold_dir", correction_options=options,
+                     **FAST)
+    traced_options = dict(options, cache_dir=str(tmp_path / "traced"))
+    traced = fold_traced(apply_fn, variables, 0.5, jax.random.key(2), *args, correction="fold_dir", verify=False,
+                         correction_options=traced_options, **FAST)
+    (zoo_file,), (traced_file,) = (tmp_path / "zoo").iterdir(), (tmp_path / "traced").iterdir()
+    np.testing.assert_allclose(np.load(traced_file), np.load(zoo_file), rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(traced.apply_fn(traced.variables, *args),
+                               zoo.config.module().apply(zoo.variables, *args, train=False), rtol=2e-3, atol=2e-3)
+    again = fold_traced(apply_fn, variables, 0.25, jax.random.key(2), *args, correction="fold_dir", verify=False,
+                        spec=traced.spec, correction_options=traced_options, **FAST)
+    assert again.report["correction"] == "fold_dir" and len(list((tmp_path / "traced").iterdir())) == 1
+    module, x = _LayerNormMLP(), jnp.ones((2, 5))
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        fold_traced(module.apply, module.init(jax.random.key(0), x), 0.5, jax.random.key(0), x,
+                    correction="fold_dir", correction_options=traced_options, **FAST)

@@ -28,6 +28,7 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -161,17 +162,25 @@ def _hyper(o: DeepInversionOptions) -> dict[str, jax.Array]:
     return {n: jnp.float32(getattr(o, n)) for n in names}
 
 
+# (variables, x) -> (logits, {bn: (mean, biased var) of its input})
+Forward = Callable[[Any, jax.Array], tuple[jax.Array, dict[str, tuple[jax.Array, jax.Array]]]]
+
+
 @functools.lru_cache(maxsize=8)
-def _step_fn(model_config: Any, jitter: int, flip: bool, train: bool):
-    """The jitted optimisation step for a model config and the structural options (cached, so it compiles once
-    per model whatever the key, variables, step count or weights).
+def zoo_forward(model_config: Any, train: bool) -> Forward:
+    """A zoo model's ``(variables, x) -> (logits, {bn: input statistics})``, one stable object per config."""
+    return functools.partial(forward_with_bn_statistics, model_config.module(), train=train)
+
+
+@functools.lru_cache(maxsize=8)
+def _step_fn(forward: Forward, jitter: int, flip: bool):
+    """The jitted optimisation step for a forward function and the structural options (cached, so it compiles
+    once per model whatever the key, variables, step count or weights).
 
     One jitted step driven from Python, not a ``lax.scan``/``fori_loop`` over steps: XLA:CPU runs convolutions
     inside a loop body several times slower (jax-ml/jax#12868; measured 0.29 s vs 0.07 s per step here), and the
     per-step dispatch is negligible next to a forward-backward pass on any device.
     """
-    module = model_config.module()
-
     def objective(x, variables, running, targets, key, hp):
         kshift, kflip = jax.random.split(key)
         if jitter:
@@ -179,7 +188,7 @@ def _step_fn(model_config: Any, jitter: int, flip: bool, train: bool):
             x = jnp.roll(x, (shift[0], shift[1]), axis=(1, 2))
         if flip:
             x = jnp.where(jax.random.bernoulli(kflip), x[:, :, ::-1], x)
-        logits, stats = forward_with_bn_statistics(module, variables, x, train)
+        logits, stats = forward(variables, x)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets).mean()
         bn = _bn_loss(stats, running, hp["first_bn_multiplier"])
         tv = _tv(x)
@@ -206,18 +215,29 @@ def synthesize_with_history(model_config: Any, variables: dict[str, Any], key: j
     each is the value on the jittered batch *before* that step's update)."""
     if not isinstance(options, DeepInversionOptions):
         raise TypeError(f"options must be DeepInversionOptions, got {type(options).__name__}")
-    num_classes = _check_model(model_config, variables, options.bn_mode == "train")
+    train = options.bn_mode == "train"
+    num_classes = _check_model(model_config, variables, train)
+    return synthesize_for(zoo_forward(model_config, train), variables, running_statistics(variables),
+                          tuple(model_config.input_shape), num_classes, key, options, progress)
+
+
+def synthesize_for(forward: Forward, variables: Any, running: dict[str, tuple[Any, Any]],
+                   input_shape: tuple[int, ...], num_classes: int, key: jax.Array, options: DeepInversionOptions,
+                   progress: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """DeepInversion for any model given as ``forward(variables, x) -> (logits, {bn: (mean, var) of its input})``
+    (a stable object: the step compiles once per forward) and the running statistics it should match, keyed
+    alike. What :func:`synthesize_with_history` runs for a zoo config and the traced-model Fold-DIR for any
+    other model."""
     variables = jax.tree.map(jnp.asarray, variables)  # a new tree of device arrays; the caller's is untouched
-    running = running_statistics(variables)
     k_init, k_targets, k_aug = jax.random.split(key, 3)
-    shape = (options.batch_size, *model_config.input_shape)
+    shape = (options.batch_size, *input_shape)
     x = jax.random.normal(k_init, shape, jnp.float32)
     if options.targets == "random":
         targets = jax.random.randint(k_targets, (options.batch_size,), 0, num_classes)
     else:
         targets = jnp.arange(options.batch_size) % num_classes
 
-    step, adam = _step_fn(model_config, options.jitter, options.flip, options.bn_mode == "train")
+    step, adam = _step_fn(forward, options.jitter, options.flip)
     hp = _hyper(options)
     opt_state = adam.init(x)
     history: list[dict[str, jax.Array]] = []
@@ -262,11 +282,12 @@ def _key_bytes(key: jax.Array) -> tuple[str, bytes]:
     return "raw-uint32", np.asarray(key, np.uint32).tobytes()
 
 
-def cache_key(model_config: Any, variables: dict[str, Any], key: jax.Array, options: DeepInversionOptions) -> str:
-    """sha256 over the model config, the variables' bytes, the options and the key: what determines the batch."""
+def cache_key(model: Any, variables: dict[str, Any], key: jax.Array, options: DeepInversionOptions) -> str:
+    """sha256 over the model (a config, or a string that identifies its program), the variables' bytes, the
+    options and the key: what determines the batch."""
     h = hashlib.sha256()
     h.update(f"jaxfold-deepinversion-v{_CACHE_FORMAT}\0".encode())
-    h.update(model_config.to_json().encode() + b"\0")
+    h.update((model if isinstance(model, str) else model.to_json()).encode() + b"\0")
     h.update(json.dumps(dataclasses.asdict(options), sort_keys=True).encode() + b"\0")
     impl, data = _key_bytes(key)
     h.update(impl.encode() + b"\0" + data + b"\0")
@@ -290,8 +311,16 @@ def cached_synthesize(model_config: Any, variables: dict[str, Any], key: jax.Arr
     A file that cannot be read, or holds the wrong shape/dtype or non-finite values, is regenerated with a
     warning rather than used.
     """
-    shape = (options.batch_size, *model_config.input_shape)
-    path = Path(cache_dir) / f"di-{cache_key(model_config, variables, key, options)[:16]}.npy"
+    return cached(model_config, tuple(model_config.input_shape), variables, key, options, cache_dir,
+                  lambda: synthesize(model_config, variables, key, options, progress))
+
+
+def cached(model: Any, input_shape: tuple[int, ...], variables: dict[str, Any], key: jax.Array,
+           options: DeepInversionOptions, cache_dir: str | os.PathLike, make: Callable[[], np.ndarray]) -> np.ndarray:
+    """The batch ``make()`` returns, stored under :func:`cache_key` of ``model`` (a config or an identifying
+    string) and reused when present and valid."""
+    shape = (options.batch_size, *input_shape)
+    path = Path(cache_dir) / f"di-{cache_key(model, variables, key, options)[:16]}.npy"
     if path.exists():
         problem = None
         try:
@@ -306,10 +335,10 @@ def cached_synthesize(model_config: Any, variables: dict[str, Any], key: jax.Arr
         if problem is None:
             return images
         warnings.warn(f"DeepInversion cache file {path} {problem}; regenerating it", RuntimeWarning, stacklevel=2)
-    images = synthesize(model_config, variables, key, options, progress)
+    images = make()
     _save_npy_atomic(path, images)
     return images
 
 
-__all__ = ["DeepInversionOptions", "bn_loss", "cache_key", "cached_synthesize", "synthesize",
-           "synthesize_with_history"]
+__all__ = ["DeepInversionOptions", "bn_loss", "cache_key", "cached", "cached_synthesize", "synthesize",
+           "synthesize_for", "synthesize_with_history", "zoo_forward"]

@@ -61,7 +61,9 @@ def _norms(traced: Traced) -> list[_Norm]:
 
 
 class TrainModeEvaluator(Evaluator):
-    """Evaluates the top-level program with every BatchNorm's running statistics replaced by its batch ones."""
+    """Evaluates the top-level program with every BatchNorm's running statistics replaced by its batch ones
+    (``train=True``), or as it is while recording each BatchNorm input's statistics (``train=False``: what
+    DeepInversion matches to the running statistics)."""
 
     def __init__(self, traced: Traced, sizes: Mapping[int, int]) -> None:
         super().__init__(traced.analysis, sizes)
@@ -69,6 +71,11 @@ class TrainModeEvaluator(Evaluator):
         self.norms = _norms(traced)
 
     def statistics(self, args: Sequence[Any]) -> dict[str, tuple[jax.Array, jax.Array]]:
+        """``{'batch_stats/<module>': (mean, biased var)}`` of every BatchNorm's input in training mode."""
+        return self.run(args, train=True)[1]
+
+    def run(self, args: Sequence[Any], train: bool) -> tuple[list[Any], dict[str, tuple[jax.Array, jax.Array]]]:
+        """The program's outputs and every BatchNorm input's (mean, biased var), in training or inference mode."""
         closed = self.traced.closed
         jaxpr = closed.jaxpr
         injected = {n.mean: n for n in self.norms} | {n.var: n for n in self.norms}
@@ -105,12 +112,14 @@ class TrainModeEvaluator(Evaluator):
                 mean = jnp.mean(x, axis=axes)
                 var_ = jnp.mean(jnp.square(x - jnp.expand_dims(mean, axes)), axis=axes)
                 stats[n.module] = (mean, var_)
-                env[n.mean], env[n.var] = mean.astype(n.mean.aval.dtype), var_.astype(n.var.aval.dtype)
+                if train:
+                    env[n.mean], env[n.var] = mean.astype(n.mean.aval.dtype), var_.astype(n.var.aval.dtype)
 
         for var, value in zip(jaxpr.invars, args, strict=True):
-            if var not in injected:
-                env[var] = value
-                inject(var)
+            if train and var in injected:
+                continue
+            env[var] = value
+            inject(var)
         while ready:
             i = heapq.heappop(ready)
             eqn = jaxpr.eqns[i]
@@ -122,7 +131,7 @@ class TrainModeEvaluator(Evaluator):
                 waiting[j] -= 1
                 if waiting[j] == 0:
                     heapq.heappush(ready, j)
-        return stats
+        return [v.val if isinstance(v, core.Literal) else env[v] for v in jaxpr.outvars], stats
 
 
 def recompute_statistics(folded: FoldedApply, variables: Mapping[str, Any],
@@ -143,3 +152,43 @@ def recompute_statistics(folded: FoldedApply, variables: Mapping[str, Any],
         return compiled[key](leaves, x)
 
     return averaged_statistics(variables, batches, batch_stats)
+
+
+def deep_inversion_batch(apply_fn: Callable[..., Any], variables: Mapping[str, Any], example_x: Any,
+                         key: jax.Array, options: Any, cache_dir: Any, rules: Any = None) -> np.ndarray:
+    """Fold-DIR's synthetic batch for a traced model: DeepInversion (:mod:`jaxfold.corrections.deep_inversion`)
+    through the inference program, each BatchNorm's input statistics matched to its running ones (read off the
+    program like REPAIR's), the first output taken as the logits. Cached on disk like the zoo's batch, keyed by the
+    program, the variables, the options and the key."""
+    import hashlib
+
+    from jaxfold import tree as tree_lib
+    from jaxfold.corrections.deep_inversion import cached, synthesize_for
+    from jaxfold.trace.derive import trace
+
+    input_shape = tuple(np.shape(example_x)[1:])
+    x = jax.ShapeDtypeStruct((options.batch_size, *input_shape), jnp.float32)
+    traced = trace(apply_fn, variables, (x,), rules)
+    leaves = jax.tree_util.tree_leaves(variables)
+    if len(traced.closed.jaxpr.invars) != len(leaves) + 1:
+        raise UserError("fold_dir on a traced model needs a model with one input (the image batch)")
+    evaluator = TrainModeEvaluator(traced, {})
+    if not evaluator.norms:
+        raise UserError("fold_dir synthesises inputs that match BatchNorm running statistics; this model has no "
+                        "BatchNorm the tracer recognises (use fold_ar, none, or repair with data)")
+    logits = traced.closed.jaxpr.outvars[0].aval
+    if len(logits.shape) != 2:
+        raise UserError(f"fold_dir pulls synthetic inputs towards random classes: the model's first output must be "
+                        f"logits (batch, classes); got shape {logits.shape}")
+    train = options.bn_mode == "train"
+
+    def forward(v: Any, xb: jax.Array) -> tuple[jax.Array, dict[str, tuple[jax.Array, jax.Array]]]:
+        outs, stats = evaluator.run([*jax.tree_util.tree_leaves(v), xb], train=train)
+        return outs[0].astype(jnp.float32), stats
+
+    flat = tree_lib.flatten(variables)
+    running = {n.module: (flat[f"{n.module}/mean"], flat[f"{n.module}/var"]) for n in evaluator.norms}
+    identity = "traced:" + hashlib.sha256(f"{input_shape}\0{traced.closed.jaxpr}".encode()).hexdigest()
+    return cached(identity, input_shape, dict(variables), key, options, cache_dir,
+                  lambda: synthesize_for(forward, variables, running, input_shape, int(logits.shape[-1]), key,
+                                         options)[0])

@@ -58,8 +58,8 @@ def fold_traced(apply_fn: Callable[..., Any], variables: Mapping[str, Any], plan
     ``correction``: 'none' (Fold-Naive); 'fold_ar' / 'fold_ar_fused' (data-free, BatchNorm ε read off the
     program); 'repair' (every BatchNorm's statistics re-estimated in training mode from ``data``, a function
     returning batches of the model's input — :mod:`jaxfold.trace.batchnorm`). Groups without a BatchNorm are
-    merged uncorrected and listed in ``report['uncorrected_groups']``. 'fold_dir' (DeepInversion) needs a zoo
-    model for now and is refused with the reason.
+    merged uncorrected and listed in ``report['uncorrected_groups']``. 'fold_dir': REPAIR on a DeepInversion batch
+    synthesised through the original program (options ``di_*``, ``di_seed``, ``cache_dir`` as for the zoo).
     """
     t0 = time.perf_counter()
     key_verify, key_fold = jax.random.split(key)
@@ -87,6 +87,9 @@ def fold_traced(apply_fn: Callable[..., Any], variables: Mapping[str, Any], plan
                          first=(example_args, traced) if traced is not None else None)
     if fix.name == "repair":  # the BatchNorms' statistics in training mode, from the folded program itself
         corrected = recompute_statistics(folded, result.variables, data)
+    elif fix.name == "fold_dir":  # the same, on a DeepInversion batch of the original model instead of data
+        images = _deep_inversion_images(apply_fn, variables, example_args, rules, correction_options or {})
+        corrected = recompute_statistics(folded, result.variables, lambda: [images])
     else:
         corrected = fix.apply(dataclasses.replace(ctx, spec=fold_spec, prepared=prepared, folded=result.variables,
                                                   labels=result.labels))
@@ -102,14 +105,29 @@ def fold_traced(apply_fn: Callable[..., Any], variables: Mapping[str, Any], plan
     return TracedFold(corrected, folded, spec, result.widths, result.labels, report)
 
 
-TRACED_CORRECTIONS = ("none", "fold_ar", "fold_ar_fused", "repair")
+TRACED_CORRECTIONS = ("none", "fold_ar", "fold_ar_fused", "repair", "fold_dir")
+
+
+def _deep_inversion_images(apply_fn: Callable[..., Any], variables: Mapping[str, Any], example_args: tuple,
+                           rules: Any, options: Mapping[str, Any]) -> np.ndarray:
+    """Fold-DIR's cached batch for a traced model, with the zoo's options (``di_*``, ``di_seed``, ``cache_dir``)."""
+    from pathlib import Path
+
+    from jaxfold.corrections.fold_dir import deep_inversion_options
+    from jaxfold.paths import cache_root
+    from jaxfold.trace.batchnorm import deep_inversion_batch
+
+    if len(example_args) != 1:
+        raise UserError("fold_dir on a traced model needs a model with one input (the image batch)")
+    cache_dir = Path(options.get("cache_dir") or cache_root() / "deep_inversion")
+    return deep_inversion_batch(apply_fn, variables, example_args[0], jax.random.key(int(options.get("di_seed", 0))),
+                                deep_inversion_options(dict(options)), cache_dir, rules)
 
 
 def _traced_correction(name: str) -> Correction:
     if name not in CORRECTIONS:
         raise UserError(f"unknown correction {name!r}; on a traced model use one of {list(TRACED_CORRECTIONS)}")
     if name not in TRACED_CORRECTIONS:
-        raise UserError(f"correction {name!r} is not available on a traced model yet (DeepInversion synthesises "
-                        "its images through the zoo model's training-mode module); use one of "
+        raise UserError(f"correction {name!r} is not available on a traced model; use one of "
                         f"{list(TRACED_CORRECTIONS)}, or a zoo model with jaxfold.fold_model")
     return get_correction(name)
