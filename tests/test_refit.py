@@ -91,13 +91,19 @@ def test_refit_reduces_the_fold_error(model, target):
 
 def test_refit_after_pruning(model):
     variables, calibration, held_out = model
-    pruned = prune_model(CFG, variables, 0.5)
-    new = refit_consumers(CFG, variables, pruned.config, pruned.variables, calibration, which="all")
+    pruned = prune_model(CFG, variables, lambda g, n: n if g.startswith("block0.") else n // 2)  # block 1 only
     before = block_errors(CFG, variables, pruned.config, pruned.variables, held_out)
-    after = block_errors(CFG, variables, pruned.config, new, held_out)
-    assert after[-1] < before[-1], (before, after)
-    untouched = ("embed", "final_norm", "lm_head")
-    assert all(np.array_equal(new["params"][m], pruned.variables["params"][m]) for m in untouched)
+    assert before[0] == 0.0
+    out = correct(CFG, variables, pruned, "refit", data=lambda: (calibration[i:i + 8] for i in (0, 8)))
+    assert sorted(out.report["refit"]["fit"]) == ["block_1/attn/o", "block_1/mlp/down"]
+    after = block_errors(CFG, variables, out.config, out.variables, held_out)
+    assert after[0] == 0.0 and after[1] < before[1], (before, after)
+    for m in ("embed", "block_0", "final_norm", "lm_head"):  # upstream of the pruning, and the head: untouched
+        new, old = tree.flatten(out.variables["params"][m]), tree.flatten(pruned.variables["params"][m])
+        assert new.keys() == old.keys() and all(np.array_equal(new[p], old[p]) for p in new)
+    everything = refit_consumers(CFG, variables, pruned.config, pruned.variables, calibration, which="all")
+    assert not np.array_equal(everything["params"]["block_0"]["mlp"]["down"]["kernel"],
+                              pruned.variables["params"]["block_0"]["mlp"]["down"]["kernel"])
 
 
 def test_refit_refuses_what_it_cannot_use(model):

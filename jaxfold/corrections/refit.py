@@ -78,17 +78,32 @@ def _run_block(cfg1: Any, params: Any, x: jax.Array) -> tuple[jax.Array, ...]:
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _grams(cfg1: Any, consumer: str, params: Any, x: jax.Array, target: jax.Array,
-           residual: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """HᵀH, HᵀY and ΣY² for the consumer's input H on stream ``x``; Y = target − residual · (the stream the
-    consumer's output is added to), ``residual`` 0 or 1 (traced: both targets share one compilation)."""
+           residual: jax.Array) -> tuple[jax.Array, ...]:
+    """HᵀH, HᵀY and ΣY² for the consumer's input H on stream ``x``, then H and the stream the consumer's output
+    is added to; Y = target − residual · that stream, ``residual`` 0 or 1 (traced: both targets share one
+    compilation)."""
     _, found = _apply_block(cfg1, params, x)
     h = found[consumer][0]
     before = x if consumer == "attn/o" else found["mlp_norm"][0]
     y = target.astype(jnp.float32) - residual * before.astype(jnp.float32)
-    h = h.reshape(-1, h.shape[-1]).astype(jnp.float32)
+    hf = h.reshape(-1, h.shape[-1]).astype(jnp.float32)
     y = y.reshape(-1, y.shape[-1])
     hi = jax.lax.Precision.HIGHEST
-    return jnp.dot(h.T, h, precision=hi), jnp.dot(h.T, y, precision=hi), jnp.sum(y * y)
+    return jnp.dot(hf.T, hf, precision=hi), jnp.dot(hf.T, y, precision=hi), jnp.sum(y * y), h, before
+
+
+@jax.jit
+def _add_projection(stream: jax.Array, h: jax.Array, kernel: jax.Array) -> jax.Array:
+    """stream + h·kernel in the model dtype, as the block adds its MLP output."""
+    return stream + jnp.dot(h, kernel.astype(h.dtype)).astype(stream.dtype)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Identical pytrees of arrays (same structure, shapes and values)."""
+    la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+    return (jax.tree.structure(a) == jax.tree.structure(b)
+            and all(np.shape(x) == np.shape(y) and np.array_equal(np.asarray(x), np.asarray(y))
+                    for x, y in zip(la, lb, strict=True)))
 
 
 def ridge_solve(g: np.ndarray, c: np.ndarray, ridge: float) -> np.ndarray:
@@ -162,7 +177,9 @@ def refit_with_report(dense_config: Any, dense_variables: Mapping[str, Any], com
     dparams, cparams = dense_variables["params"], dict(compressed_variables["params"])
     embed_d, embed_c = jnp.asarray(dparams["embed"]["embedding"]), jnp.asarray(cparams["embed"]["embedding"])
     xs_d = [embed_d[jnp.asarray(b)].astype(dense_config.jnp_dtype) for b in batches]
-    xs_c = [embed_c[jnp.asarray(b)].astype(compressed_config.jnp_dtype) for b in batches]
+    # the streams are one until the first block that differs (nothing upstream of a compression is recomputed)
+    shared = dense_config.dtype == compressed_config.dtype and _same(embed_d, embed_c)
+    xs_c = xs_d if shared else [embed_c[jnp.asarray(b)].astype(compressed_config.jnp_dtype) for b in batches]
     fit: dict[str, list[float]] = {}
     for i in range(dense_config.num_layers):
         name = f"block_{i}"
@@ -171,15 +188,22 @@ def refit_with_report(dense_config: Any, dense_variables: Mapping[str, Any], com
                 if which == "all" or getattr(dense_config, field)[i] != getattr(compressed_config, field)[i]]
         dense_out = [_run_block(cfg_d, dparams[name], x) for x in xs_d]
         xs_d = [out[0] for out in dense_out]
+        shared = shared and not todo and _same(dparams[name], cparams[name])
+        if shared:
+            xs_c = xs_d
+            continue
+        last = []
         if todo:  # residual: the dense streams after attention and after the MLP; dense: the sub-layers' outputs
             targets = {"attn/o": [out[1 if residual else 2] for out in dense_out],
                        "mlp/down": [out[0 if residual else 3] for out in dense_out]}
             block = dict(cparams[name])
             for consumer in todo:
-                g, c, yy = 0.0, 0.0, 0.0
+                g, c, yy, last = 0.0, 0.0, 0.0, []
                 for x, t in zip(xs_c, targets[consumer], strict=True):
-                    gi, ci, yi = _grams(cfg_c, consumer, block, x, t, jnp.float32(residual))
+                    gi, ci, yi, h, before = _grams(cfg_c, consumer, block, x, t, jnp.float32(residual))
                     g, c, yy = g + np.asarray(gi, np.float64), c + np.asarray(ci, np.float64), yy + float(yi)
+                    if consumer == "mlp/down":  # the block output is then before + h W': no second pass
+                        last.append((before, h))
                 module, _, dense_name = consumer.partition("/")
                 old = block[module][dense_name]["kernel"]
                 new = ridge_solve(g, c, ridge)
@@ -191,8 +215,12 @@ def refit_with_report(dense_config: Any, dense_variables: Mapping[str, Any], com
             cparams[name] = block
             del targets
         del dense_out
-        if i + 1 < dense_config.num_layers:
+        if last:
+            kernel = cparams[name]["mlp"]["down"]["kernel"]
+            xs_c = [_add_projection(before, h, kernel) for before, h in last]
+        elif i + 1 < dense_config.num_layers:
             xs_c = [_run_block(cfg_c, cparams[name], x)[0] for x in xs_c]
+        del last
     report = {"tokens": int(sum(b.size for b in batches)), "windows": int(sum(len(b) for b in batches)),
               "target": target, "which": which, "ridge": ridge, "fit": fit}
     return {**compressed_variables, "params": cparams}, report
