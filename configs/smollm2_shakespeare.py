@@ -10,6 +10,8 @@ folding vs magnitude pruning vs Wanda-sp at ≈ 10/20/30 % of parameters removed
     jaxfold ppl --model workdirs/smollm2_uniform20/checkpoint --text shakespeare:test --seqlen 1024 --max-windows 8
 
 `:quick` evaluates 2 windows and calibrates Wanda-sp on 2 (a smoke run); on a GPU raise lm.max_windows (None = all).
+`--config.lm.calibration=self` calibrates on windows sampled from the dense model itself instead of the train plays
+(options in an optional `lm.self_calibration` dict: temperature, top_p, seed; see docs/self_calibration.md).
 """
 
 import ml_collections

@@ -248,15 +248,19 @@ class _LMRunner:
     have exactly the same widths and parameter count."""
 
     def __init__(self, config: ml_collections.ConfigDict) -> None:
+        from jaxfold.data.self_text import calibration_windows
         from jaxfold.data.text import read_text_source
-        from jaxfold.eval.perplexity import windows
         from jaxfold.llm import load_language_model, logits_fn
 
         self.config, self.sweep, self.lm = config, config.sweep, config.lm
         self.model = load_language_model(self.lm.source, self.lm.get("dtype", "float32"))
         self.tokens = self.model.encode(read_text_source(self.lm.text))
-        calibration = windows(self.model.encode(read_text_source(self.lm.calibration)), self.lm.calibration_seqlen)
-        self.calibration = calibration[: self.lm.calibration_windows]
+        # lm.calibration: a text source or "self" (windows sampled from the dense model, options in
+        # lm.self_calibration); (windows, kind) per source, each loaded or sampled once per sweep
+        self._calibration = {self.lm.calibration: calibration_windows(
+            self.model, self.lm.calibration, self.lm.calibration_seqlen, self.lm.calibration_windows,
+            **dict(self.lm.get("self_calibration", {})))}
+        self.calibration, self.calibration_kind = self._calibration[self.lm.calibration]
         self.logits = logits_fn
         self._plans: dict[tuple[str, float], Any] = {}
 

@@ -358,15 +358,43 @@ def init_cache(cfg: LlamaConfig, batch: int, length: int) -> Cache:
     return [(jnp.zeros((batch, length, h, cfg.head_dim), cfg.jnp_dtype),) * 2 for h in cfg.num_kv_heads]
 
 
-# --- greedy generation ----------------------------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens"))
-def _generate(config: LlamaConfig, variables: Any, prompt: jax.Array, max_new_tokens: int,
-              eos_id: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Greedy tokens (B, max_new_tokens) and how many steps ran; ``eos_id`` < 0: no end-of-sequence token."""
+# --- generation: greedy and sampled ---------------------------------------------------------------------------------
+def _greedy(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+
+def _categorical(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
+    """One draw per row from softmax(logits / temperature), row b with its own key ``keys[b]``."""
+    return jax.vmap(jax.random.categorical)(keys, logits / temperature).astype(jnp.int32)
+
+
+def _nucleus(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
+    """Top-p sampling (Holtzman et al., ICLR 2020, §3.1): draw from the smallest set of most likely tokens whose
+    probability reaches ``top_p`` (always at least the most likely one), renormalised."""
+    scaled = logits / temperature
+    ranked = jnp.sort(scaled, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(ranked, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # the mass of the tokens ranked above each one
+    kept = jnp.sum(before < top_p, axis=-1, keepdims=True)  # ≥ 1: the top token has 0 mass before it
+    threshold = jnp.take_along_axis(ranked, kept - 1, axis=-1)
+    return _categorical(jnp.where(scaled >= threshold, scaled, -jnp.inf), keys, jnp.float32(1.0), top_p)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "max_new_tokens", "choose"))
+def _decode(config: LlamaConfig, variables: Any, prompt: jax.Array, max_new_tokens: int, eos_id: jax.Array,
+            choose: Any, keys: jax.Array, temperature: jax.Array, top_p: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Tokens (B, max_new_tokens) and how many steps ran: prefill, then one-token steps in a ``lax.while_loop``,
+    each token picked by ``choose(logits (B, V), step keys (B,), temperature, top_p)``. The token of step i of row
+    b uses ``fold_in(keys[b], i)``, so a row's draws do not depend on the other rows. ``eos_id`` < 0: none."""
     module = config.module()
     b, p = prompt.shape
+
+    def pick(logits: jax.Array, i: jax.Array) -> jax.Array:
+        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, i)
+        return choose(logits[:, -1], step_keys, temperature, top_p)
+
     logits, cache = module.apply(variables, prompt, init_cache(config, b, p + max_new_tokens), 0)
-    token = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
+    token = pick(logits, jnp.int32(0))
 
     def cond(state: tuple) -> jax.Array:
         i, _, _, _, done = state
@@ -377,12 +405,40 @@ def _generate(config: LlamaConfig, variables: Any, prompt: jax.Array, max_new_to
         out = out.at[:, i].set(jnp.where(done, eos_id, token))
         done = done | (token == eos_id)
         logits, cache = module.apply(variables, token[:, None], cache, p + i)
-        return i + 1, jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32), cache, out, done
+        return i + 1, pick(logits, i + 1), cache, out, done
 
     out = jnp.full((b, max_new_tokens), eos_id, jnp.int32)
     state = (jnp.int32(0), token, cache, out, jnp.zeros((b,), bool))
     n, _, _, out, _ = jax.lax.while_loop(cond, body, state)
     return out, n
+
+
+def _prompt_batch(config: LlamaConfig, prompt_ids: Any, max_new_tokens: int, eos_id: int | None) -> np.ndarray:
+    """The prompt as a (B, P) int32 batch, after checking what ``generate`` and ``sample`` are given."""
+    prompt = np.asarray(prompt_ids, np.int32)
+    prompt = prompt[None] if prompt.ndim == 1 else prompt
+    if prompt.ndim != 2 or prompt.shape[1] == 0:
+        raise UserError(f"prompt_ids must be a non-empty 1-D sequence or a 2-D batch, got shape {prompt.shape}")
+    if max_new_tokens < 0:
+        raise UserError(f"max_new_tokens must be ≥ 0, got {max_new_tokens}")
+    if eos_id is not None and not 0 <= eos_id < config.vocab_size:
+        raise UserError(f"eos_id must be a token id in [0, {config.vocab_size}), got {eos_id}")
+    return prompt
+
+
+def _run_decode(config: LlamaConfig, variables: Any, prompt_ids: Any, max_new_tokens: int, eos_id: int | None,
+                choose: Any, keys: Any, temperature: float, top_p: float) -> np.ndarray:
+    single = np.ndim(prompt_ids) == 1
+    prompt = _prompt_batch(config, prompt_ids, max_new_tokens, eos_id)
+    if max_new_tokens == 0:
+        return prompt[0] if single else prompt
+    if keys is None:  # greedy: the keys are never read
+        keys = jnp.zeros((prompt.shape[0], 2), jnp.uint32)
+    out, n = _decode(config, variables, jnp.asarray(prompt), int(max_new_tokens),
+                     jnp.int32(-1 if eos_id is None else eos_id), choose, keys, jnp.float32(temperature),
+                     jnp.float32(top_p))
+    result = np.concatenate([prompt, np.asarray(out)[:, : int(n)]], axis=1)
+    return result[0] if single else result
 
 
 def generate(config: LlamaConfig, variables: Any, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int,
@@ -393,21 +449,40 @@ def generate(config: LlamaConfig, variables: Any, prompt_ids: Sequence[int] | np
     generated tokens, same rank as the input; generation stops after ``eos_id`` (kept in the output) or
     ``max_new_tokens``. In a batch, rows that already stopped are padded with ``eos_id``.
     """
-    prompt = np.asarray(prompt_ids, np.int32)
-    single = prompt.ndim == 1
-    prompt = prompt[None] if single else prompt
-    if prompt.ndim != 2 or prompt.shape[1] == 0:
-        raise UserError(f"prompt_ids must be a non-empty 1-D sequence or a 2-D batch, got shape {prompt.shape}")
-    if max_new_tokens < 0:
-        raise UserError(f"max_new_tokens must be ≥ 0, got {max_new_tokens}")
-    if max_new_tokens == 0:
-        return prompt[0] if single else prompt
-    if eos_id is not None and not 0 <= eos_id < config.vocab_size:
-        raise UserError(f"eos_id must be a token id in [0, {config.vocab_size}), got {eos_id}")
-    out, n = _generate(config, variables, jnp.asarray(prompt), int(max_new_tokens),
-                       jnp.int32(-1 if eos_id is None else eos_id))
-    result = np.concatenate([prompt, np.asarray(out)[:, : int(n)]], axis=1)
-    return result[0] if single else result
+    return _run_decode(config, variables, prompt_ids, max_new_tokens, eos_id, _greedy, None, 1.0, 1.0)
+
+
+def sample(config: LlamaConfig, variables: Any, prompt_ids: Sequence[int] | np.ndarray, max_new_tokens: int,
+           key: jax.Array, *, temperature: float = 1.0, top_p: float = 1.0, eos_id: int | None = None) -> np.ndarray:
+    """:func:`generate`, drawing each token from softmax(logits / ``temperature``) restricted to the top-``top_p``
+    nucleus instead of taking the most likely one (same KV-cache decoding, same output and stopping rules).
+
+    ``key`` is one PRNG key (row b of a batch then uses ``fold_in(key, b)``) or one key per row, shape (B,): a
+    row's tokens depend only on its key and prompt, not on the batch around it. Deterministic for the keys.
+    ``temperature=0`` is greedy decoding (exactly :func:`generate`); ``top_p=1`` samples the full distribution.
+    """
+    if not (isinstance(temperature, int | float | np.number) and np.isfinite(temperature) and temperature >= 0):
+        raise UserError(f"temperature must be a finite number ≥ 0 (0 = greedy), got {temperature!r}")
+    if not (isinstance(top_p, int | float | np.number) and 0 < top_p <= 1):
+        raise UserError(f"top_p must be in (0, 1] (1 = no nucleus cut), got {top_p!r}")
+    if temperature == 0:
+        return generate(config, variables, prompt_ids, max_new_tokens, eos_id)
+    rows = _prompt_batch(config, prompt_ids, max_new_tokens, eos_id).shape[0]
+    keys = _row_keys(key, rows)
+    return _run_decode(config, variables, prompt_ids, max_new_tokens, eos_id,
+                       _categorical if top_p >= 1 else _nucleus, keys, float(temperature), float(top_p))
+
+
+def _row_keys(key: jax.Array, rows: int) -> jax.Array:
+    """One key per row: ``key`` itself when it already holds ``rows`` keys, else ``fold_in(key, b)`` for row b."""
+    key = jnp.asarray(key)
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    batch_shape = key.shape if typed else key.shape[:-1]
+    if batch_shape == (rows,):
+        return key
+    if batch_shape != ():
+        raise UserError(f"key must be one PRNG key or one per prompt row ({rows}), got key shape {key.shape}")
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(rows))
 
 
 # --- fold specs -----------------------------------------------------------------------------------------------------
