@@ -91,16 +91,73 @@ def grid(sweep: ml_collections.ConfigDict, language_model: bool = False) -> list
     return points
 
 
-def _lm_grid(sweep: ml_collections.ConfigDict) -> list[Point]:
+@dataclasses.dataclass(frozen=True)
+class LMPoint:
+    """A language-model point: compress with ``method`` at the widths ``schedule`` gives for ``ratio`` (the target
+    fraction of parameters removed), then apply ``corrections`` in order; ``calibration`` names the data that any
+    step reads: ``real`` (the ``lm.calibration`` text), ``self`` (windows sampled from the dense model), ``none``,
+    or ``""`` for whatever ``lm.calibration`` is (records then name the kind used)."""
+
+    method: str
+    schedule: str
+    ratio: float
+    seed: int
+    corrections: tuple[str, ...] = ()
+    calibration: str = ""
+
+    @property
+    def correction(self) -> str:
+        return "+".join(self.corrections) or "none"
+
+    @property
+    def variant(self) -> str:
+        """The row name: ``method:schedule`` as before corrections existed, then the correction and the data."""
+        parts = [self.method, self.schedule]
+        if self.corrections or self.calibration not in ("", "none"):
+            parts.append(self.correction)
+        if self.calibration not in ("", "none"):
+            parts.append(self.calibration)
+        return ":".join(parts)
+
+    @property
+    def id(self) -> str:
+        return f"{self.variant}:{self.ratio:g}:{self.seed}"
+
+
+LM_CALIBRATIONS = ("real", "self")
+
+
+def _lm_variant(variant: str) -> tuple[str, str, tuple[str, ...], str]:
+    """``method:schedule[:correction[+correction…][:calibration]]`` → its parts, validated; the calibration is
+    ``none`` where no step reads data, and ``""`` (the ``lm.calibration`` source) where one does and none is named."""
     from jaxfold.schedules import SCHEDULES
 
+    parts = str(variant).split(":")
+    usage = (f"language-model sweep variant {variant!r} must be method:schedule[:correction[:calibration]] with "
+             f"method in {list(LM_METHODS)}, schedule in {sorted(SCHEDULES)}, corrections joined by '+' (e.g. "
+             f"refit+norm_tune) and calibration in {list(LM_CALIBRATIONS)}, e.g. fold:recipe_mlp:refit:self")
+    if not 2 <= len(parts) <= 4 or parts[0] not in LM_METHODS or parts[1] not in SCHEDULES:
+        raise UserError(usage)
+    method, schedule = parts[:2]
+    corrections = tuple(c for c in (parts[2] if len(parts) > 2 else "none").split("+") if c != "none")
+    for i, name in enumerate(corrections):  # one that changes what is clustered (act_cluster) is the fold's own
+        if get_correction(name).prepare is not None and (method != "fold" or i > 0):
+            raise UserError(f"sweep variant {variant!r}: {name} changes what is clustered, so it applies to fold only "
+                            "and comes first (e.g. fold:recipe_mlp:act_cluster+refit:self)")
+    needs_data = method == "wanda_sp" or any(not get_correction(c).data_free for c in corrections)
+    calibration = parts[3] if len(parts) > 3 else ("" if needs_data else "none")
+    if calibration not in (("", *LM_CALIBRATIONS) if needs_data else ("none",)):
+        raise UserError(usage if needs_data else f"sweep variant {variant!r}: nothing in it reads calibration data, "
+                        f"so it takes no calibration (drop ':{calibration}')")
+    return method, schedule, corrections, calibration
+
+
+def _lm_grid(sweep: ml_collections.ConfigDict) -> list[LMPoint]:
     points = []
     for variant in sweep.variants:
-        method, sep, schedule = str(variant).partition(":")
-        if not sep or method not in LM_METHODS or schedule not in SCHEDULES:
-            raise UserError(f"language-model sweep variant {variant!r} must be method:schedule with method in "
-                            f"{list(LM_METHODS)} and schedule in {sorted(SCHEDULES)}")
-        points += [Point(method, schedule, float(r), int(s)) for r in sweep.ratios for s in sweep.seeds]
+        method, schedule, corrections, calibration = _lm_variant(variant)
+        points += [LMPoint(method, schedule, float(r), int(s), corrections, calibration)
+                   for r in sweep.ratios for s in sweep.seeds]
     return points
 
 
@@ -264,44 +321,81 @@ class _LMRunner:
         self.logits = logits_fn
         self._plans: dict[tuple[str, float], Any] = {}
 
-    def _plan(self, p: Point) -> Any:
+    def _plan(self, p: LMPoint) -> Any:
         from jaxfold.schedules import calibrate
 
-        if (p.correction, p.ratio) not in self._plans:
-            self._plans[(p.correction, p.ratio)] = calibrate(self.model.config, p.correction, p.ratio,
-                                                             self.lm.get("sparsity_tolerance", 0.01))[0]
-        return self._plans[(p.correction, p.ratio)]
+        if (p.schedule, p.ratio) not in self._plans:
+            self._plans[(p.schedule, p.ratio)] = calibrate(self.model.config, p.schedule, p.ratio,
+                                                           self.lm.get("sparsity_tolerance", 0.01))[0]
+        return self._plans[(p.schedule, p.ratio)]
 
     def _evaluate(self, config: Any, variables: Any) -> dict[str, Any]:
         from jaxfold.eval.perplexity import perplexity
 
         return perplexity(self.logits(config), variables, self.tokens, self.lm.seqlen, 1, self.lm.max_windows)
 
-    def _record(self, p: Point, config: Any, params_before: int, metrics: dict, fold_seconds: float) -> dict:
+    def _windows(self, p: LMPoint) -> tuple[str, np.ndarray | None]:
+        """The calibration kind and windows point ``p`` reads (``none``, None when nothing reads data); each source
+        is loaded or sampled once per sweep and shared by every point that names it."""
+        if p.calibration == "none":
+            return "none", None
+        source = self.lm.calibration
+        if p.calibration == "self":
+            source = "self"
+        elif p.calibration == "real" and source == "self":
+            raise UserError(f"variant {p.variant!r} asks for real calibration text but lm.calibration is 'self': set "
+                            "--config.lm.calibration to a text source (e.g. shakespeare:train)")
+        if source not in self._calibration:
+            from jaxfold.data.self_text import calibration_windows
+
+            self._calibration[source] = calibration_windows(
+                self.model, source, self.lm.calibration_seqlen, self.lm.calibration_windows,
+                **dict(self.lm.get("self_calibration", {})))
+        windows, kind = self._calibration[source]
+        return kind, windows
+
+    def _record(self, p: LMPoint, config: Any, params_before: int, metrics: dict, fold_seconds: float) -> dict:
         return {"id": p.id, "model": self.lm.source, "dataset": self.lm.text, "method": p.method,
-                "correction": "none", "schedule": p.correction, "target": p.ratio, "ratio": p.ratio, "seed": p.seed,
+                "correction": p.correction, "calibration": "none", "calibration_tokens": 0, "schedule": p.schedule,
+                "target": p.ratio, "ratio": p.ratio, "seed": p.seed,
                 "param_sparsity": 1.0 - config.param_count() / params_before, "params": config.param_count(),
                 "params_before": params_before, "flops": config.flops(), "flops_before": self.model.config.flops(),
                 "metric": "perplexity", "value": metrics["perplexity"], "loss": metrics["nll"],
                 "tokens": metrics["tokens"], "fold_seconds": round(fold_seconds, 4), "correction_seconds": 0.0,
                 "eval_seconds": metrics["seconds"]}
 
-    def run(self, p: Point) -> dict[str, Any]:
+    def run(self, p: LMPoint) -> dict[str, Any]:
         from jaxfold.baselines import prune_model, wanda_sp_model
 
         base, plan = self.model, self._plan(p)
+        kind, windows = self._windows(p)
+        batch = int(self.lm.get("calibration_batch", 8))
+        data = None if windows is None else (lambda: (windows[i:i + batch] for i in range(0, len(windows), batch)))
+        options = self.sweep.get("correction_options", {})
+        corrections = list(p.corrections)
         t0 = time.perf_counter()
         if p.method == "fold":
+            first = corrections.pop(0) if corrections and get_correction(corrections[0]).prepare else "none"
             out = fold_model(base.config, base.variables, plan, jax.random.key(p.seed), n_init=self.sweep.n_init,
-                             max_iter=self.sweep.get("max_iter", 300), clusterer=self.sweep.get("clusterer", "kmeans"))
+                             max_iter=self.sweep.get("max_iter", 300), clusterer=self.sweep.get("clusterer", "kmeans"),
+                             correction=first, data=data, correction_options=dict(options.get(first, {})))
         elif p.method == "magnitude":
             out = prune_model(base.config, base.variables, plan)
         else:
-            out = wanda_sp_model(base.config, base.variables, plan, [w[None] for w in self.calibration],
+            out = wanda_sp_model(base.config, base.variables, plan, [w[None] for w in windows],
                                  self.logits(base.config))
         seconds = time.perf_counter() - t0
+        steps = {p.corrections[0]: out.report["correction_seconds"]} if len(corrections) < len(p.corrections) else {}
+        for name in corrections:  # each correction sees the dense model and the previous step's result
+            out = correct(base.config, base.variables, out, name, key=jax.random.key(p.seed), data=data,
+                          options=dict(options.get(name, {})))
+            steps[name] = out.report["correction_seconds"]
         record = self._record(p, out.config, base.config.param_count(), self._evaluate(out.config, out.variables),
                               seconds)
+        if windows is not None:
+            record.update(calibration=kind, calibration_tokens=int(windows.size))
+        if steps:
+            record.update(correction_seconds=round(sum(steps.values()), 4), correction_steps=steps)
         prompts = self.sweep.get("generate_prompts", ())
         if prompts and any(abs(p.ratio - float(a)) < 1e-9 for a in self.sweep.get("generate_at", ())):
             record["generations"] = self.generations(out.config, out.variables, prompts)
@@ -319,7 +413,7 @@ class _LMRunner:
 
     def dense(self) -> dict[str, Any]:
         cfg = self.model.config
-        record = self._record(Point("dense", "none", 0.0, 0), cfg, cfg.param_count(),
+        record = self._record(LMPoint("dense", "none", 0.0, 0), cfg, cfg.param_count(),
                               self._evaluate(cfg, self.model.variables), 0.0)
         record.update(id="dense", schedule="none")
         if self.sweep.get("generate_prompts", ()):
@@ -362,13 +456,19 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | os.PathLike, sha
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     write_manifest(workdir, config)
-    if not language_model:
+    from jaxfold.user_fold import UserSweepRunner, is_user_model
+
+    user_model = is_user_model(config)  # a model named by import path ("pkg.module:build")
+    if not language_model and not user_model:
         _ensure_checkpoint(config)
     _terminate_torn_line(workdir)
     done = {r["id"] for r in read_results(workdir)}
     index, count = shard
     todo = [p for i, p in enumerate(points) if i % count == index and p.id not in done]
-    runner = _LMRunner(config) if language_model else _Runner(config)
+    if user_model:
+        runner = UserSweepRunner(config)
+    else:
+        runner = _LMRunner(config) if language_model else _Runner(config)
     if index == 0 and "dense" not in done:
         append_result(workdir, runner.dense())
     for p in tqdm(todo, desc=f"sweep {workdir.name}", disable=not progress, unit="point"):
@@ -390,8 +490,7 @@ def summary_table(records: Iterable[dict[str, Any]]) -> str:
     for r in records:
         if r["method"] == "dense":
             continue
-        rows.setdefault(f"{r['method']}:{r.get('schedule', r['correction'])}", {}).setdefault(r["ratio"], []).append(
-            r["value"])
+        rows.setdefault(_row_name(r), {}).setdefault(r["ratio"], []).append(r["value"])
         if r["method"] == "fold":
             sparsity[r["ratio"]] = r["param_sparsity"]
     ratios = sorted({ratio for cells in rows.values() for ratio in cells})
@@ -401,14 +500,26 @@ def summary_table(records: Iterable[dict[str, Any]]) -> str:
     head = ["method:" + ("correction" if percent else "schedule")] + [
         f"{name}={x:g} ({100 * sparsity[x]:.1f} %)" if x in sparsity else f"{name}={x:g}" for x in ratios]
     scale = 100.0 if percent else 1.0
+    digits = ".4f" if records and records[0]["metric"] == "output_error" else ".2f"
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row, cells in rows.items():
-        vals = [f"{scale * np.mean(cells[x]):.2f}" if x in cells else "" for x in ratios]
+        vals = [f"{scale * np.mean(cells[x]):{digits}}" if x in cells else "" for x in ratios]
         lines.append("| " + " | ".join([row, *vals]) + " |")
     if dense:
-        value = f"{100 * dense[0]['value']:.2f} %" if percent else f"perplexity {dense[0]['value']:.2f}"
+        value = (f"{100 * dense[0]['value']:.2f} %" if percent else f"{dense[0]['metric']} {dense[0]['value']:.2f}")
         return "\n".join(lines) + f"\n\nDense: {value} ({dense[0]['params']:,} params).\n"
     return "\n".join(lines) + "\n"
+
+
+def _row_name(record: dict[str, Any]) -> str:
+    """``method:correction`` (image models); ``method:schedule`` and, where a language-model point was corrected or
+    read calibration data, ``:correction:calibration`` (the kind of data it read)."""
+    if "schedule" not in record:
+        return f"{record['method']}:{record['correction']}"
+    name = f"{record['method']}:{record['schedule']}"
+    if record.get("correction", "none") != "none" or record.get("calibration", "none") != "none":
+        name += f":{record.get('correction', 'none')}:{record.get('calibration', 'none')}"
+    return name
 
 
 PAPER_CV_VARIANTS = ("fold:none", "fold:fold_ar", "fold:fold_ar_fused", "fold:fold_dir", "fold:repair", "sp_l1:none",

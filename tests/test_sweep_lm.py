@@ -74,3 +74,53 @@ def test_recipe_mlp_keeps_every_head_and_calibrates():
     widths = schedules.group_widths(cfg)
     assert all(plan(g, n) == n for g, n in widths.items() if g.endswith(".attn"))
     assert any(plan(g, n) < n for g, n in widths.items() if g.endswith(".mlp"))
+
+
+def _datafree_config(tiny_lm_dir, variants):
+    c = ml_collections.ConfigDict()
+    c.lm = dict(source=str(tiny_lm_dir / "lm"), dtype="float32", text=str(tiny_lm_dir / "text.txt"), seqlen=32,
+                max_windows=2, calibration=str(tiny_lm_dir / "text.txt"), calibration_seqlen=16, calibration_windows=4,
+                calibration_batch=2, self_calibration=dict(seed=0), sparsity_tolerance=0.02)
+    c.sweep = dict(variants=variants, ratios=(0.2,), seeds=(0,), imports=(), clusterer="kmeans", n_init=1,
+                   max_iter=20, correction_options=dict(norm_tune=dict(steps=2)), generate_prompts=(),
+                   generate_at=(), max_new_tokens=4)
+    return c
+
+
+def test_lm_sweep_rows_name_their_correction_and_calibration(tiny_lm_dir, monkeypatch):
+    """Corrections chain after the compression (a clustering one first, for fold), each row says which data it
+    read (``self`` = sampled from the dense model, ``real`` = lm.calibration, ``none``) and how many tokens, and a
+    data-free row is one filter away; every method keeps the plan's widths."""
+    monkeypatch.setenv("JAXFOLD_DATA", str(tiny_lm_dir / "cache"))  # the self-generated windows
+    variants = ("fold:uniform", "fold:uniform:refit:self", "fold:uniform:act_cluster+refit:real",
+                "magnitude:uniform:refit+norm_tune:self", "wanda_sp:uniform:none:self", "wanda_sp:uniform")
+    records = {r["id"]: r for r in run_sweep(_datafree_config(tiny_lm_dir, variants), tiny_lm_dir / "wd",
+                                             progress=False)}
+    rows = {r["id"].rsplit(":", 2)[0]: r for r in records.values() if r["method"] != "dense"}
+    assert set(rows) == set(variants)
+    assert {v: (r["correction"], r["calibration"]) for v, r in rows.items()} == {
+        "fold:uniform": ("none", "none"), "fold:uniform:refit:self": ("refit", "self"),
+        "fold:uniform:act_cluster+refit:real": ("act_cluster+refit", "real"),
+        "magnitude:uniform:refit+norm_tune:self": ("refit+norm_tune", "self"),
+        "wanda_sp:uniform:none:self": ("none", "self"), "wanda_sp:uniform": ("none", "real")}
+    assert all(r["calibration_tokens"] == (0 if r["calibration"] == "none" else 4 * 16) for r in rows.values())
+    assert set(rows["magnitude:uniform:refit+norm_tune:self"]["correction_steps"]) == {"refit", "norm_tune"}
+    assert len({r["params"] for r in rows.values()}) == 1
+    refit = rows["fold:uniform:refit:self"]
+    assert refit["value"] != rows["fold:uniform"]["value"] and refit["correction_seconds"] > 0
+    data_free = [v for v, r in rows.items() if r["calibration"] in ("self", "none")]
+    assert len(data_free) == 4
+    summary = (tiny_lm_dir / "wd" / "summary.md").read_text()
+    assert "| fold:uniform:refit:self |" in summary and "| wanda_sp:uniform:none:real |" in summary
+
+
+@pytest.mark.parametrize("variant, message", [
+    ("fold:uniform:refit:elsewhere", "calibration in"), ("magnitude:uniform:act_cluster:real", "fold only"),
+    ("fold:uniform:refit+act_cluster:real", "comes first"), ("fold:uniform:none:self", "takes no calibration"),
+    ("fold:uniform:no_such_fix", "unknown correction")])
+def test_lm_sweep_bad_correction_variants(tmp_path, variant, message):
+    from jaxfold.errors import UserError
+
+    with pytest.raises(UserError, match=message):  # before anything is loaded (no model at tmp_path)
+        run_sweep(_datafree_config(tmp_path, (variant,)), tmp_path / "wd", progress=False)
+    assert not (tmp_path / "wd" / "results.jsonl").exists()

@@ -45,3 +45,29 @@ def test_a_bad_model_reference_is_a_one_line_user_error(tmp_path, capsys, ref, m
                      f"--config.model={ref}"])
     assert code == 2 and message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_jaxfold_sweep_over_a_model_named_by_import_path(tmp_path):
+    """One derived spec serves every point; without data the metric is the outputs' error against the dense
+    model's (0 for the dense point, growing with the ratio), and k = n folds to the same function."""
+    from jaxfold.sweep import run_sweep
+
+    config = _config("--config.sweep.ratios=0.0,0.5", "--config.sweep.n_init=1")
+    records = {r["id"]: r for r in run_sweep(config, tmp_path, progress=False)}
+    assert set(records) == {"dense", "fold:none:0:0", "fold:none:0.5:0", "fold:fold_ar:0:0", "fold:fold_ar:0.5:0"}
+    assert all(r["metric"] == "output_error" for r in records.values())
+    assert records["dense"]["value"] == 0.0 and records["fold:none:0:0"]["value"] < 1e-5
+    half = records["fold:none:0.5:0"]
+    assert half["value"] > 1e-3 and 0.3 < half["param_sparsity"] < 0.9 and half["params"] < half["params_before"]
+    assert "| fold:fold_ar |" in (tmp_path / "summary.md").read_text()
+    again = run_sweep(config, tmp_path, progress=False)  # resumable: nothing recomputed
+    assert len(again) == len(records)
+
+
+def test_a_user_model_sweep_refuses_baselines(tmp_path):
+    from jaxfold.errors import UserError
+    from jaxfold.sweep import run_sweep
+
+    with pytest.raises(UserError, match="folded only"):
+        run_sweep(_config("--config.sweep.variants=sp_l1:none", "--config.sweep.ratios=0.5"), tmp_path,
+                  progress=False)

