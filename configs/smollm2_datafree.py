@@ -10,8 +10,8 @@ Variants read ``method:schedule[:correction[:calibration]]``: ``calibration`` is
 model: no external text at all), ``real`` (``lm.calibration``) or absent where nothing reads data. Every row of
 results.jsonl names its ``method``, ``schedule``, ``correction`` and ``calibration`` (``real``, ``self`` or
 ``none``), so "no external text" is one filter: ``calibration in ("self", "none")``. ``--config.lm.text=FILE``
-evaluates the same grid on any text. ``:quick`` is a smoke run (2 windows, 20 % only, MLP recipe); ``:core`` is the
-20 % MLP-recipe column alone.
+evaluates the same grid on any text. ``:core`` is the 20 % MLP-recipe column with the main rows (run first on a CPU);
+``:quick`` the same as a smoke run (2 evaluation windows, 4 calibration windows).
 """
 
 import importlib.util
@@ -29,15 +29,21 @@ def _base_config() -> ml_collections.ConfigDict:
     return module.get_config()
 
 
-# (method, corrections): every compression with and without the corrections; Wanda-sp reads calibration itself
-_ROWS = (("fold", "none"), ("fold", "refit"), ("fold", "norm_tune"), ("fold", "refit+norm_tune"),
-         ("magnitude", "none"), ("magnitude", "refit"), ("wanda_sp", "none"), ("wanda_sp", "refit"))
+# (method, corrections): every compression with and without the corrections; Wanda-sp reads calibration itself.
+# act_cluster = k-means on activation-scaled weights (fold only); refit = consumer refit; norm_tune = RMSNorm scales
+_ROWS = (("fold", "none"), ("fold", "refit"), ("fold", "act_cluster"), ("fold", "act_cluster+refit"),
+         ("fold", "norm_tune"), ("fold", "refit+norm_tune"), ("magnitude", "none"), ("magnitude", "refit"),
+         ("wanda_sp", "none"), ("wanda_sp", "refit"))
+# the 20 % column run first (`:core`): each step alone, the best combination, every baseline with the refit
+_CORE = (("fold", "none"), ("fold", "refit"), ("fold", "act_cluster"), ("fold", "act_cluster+refit"),
+         ("fold", "norm_tune"), ("magnitude", "none"), ("magnitude", "refit"), ("wanda_sp", "none"),
+         ("wanda_sp", "refit"))
 
 
-def variants(schedules=("recipe_mlp", "recipe")) -> tuple[str, ...]:
+def variants(schedules=("recipe_mlp", "recipe"), rows=_ROWS) -> tuple[str, ...]:
     out = []
     for schedule in schedules:
-        for method, corrections in _ROWS:
+        for method, corrections in rows:
             data = method == "wanda_sp" or corrections != "none"
             for calibration in (("self", "real") if data else ("",)):
                 parts = (method, schedule, corrections, calibration) if data else (method, schedule)
@@ -55,7 +61,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sweep.correction_options = dict(refit=dict(), norm_tune=dict())
     c.sweep.generate_at = (0.2,)
     if arg in ("quick", "core"):
-        c.sweep.variants = variants(("recipe_mlp",))
+        c.sweep.variants = variants(("recipe_mlp",), _CORE)
         c.sweep.ratios = (0.2,)
     if arg == "quick":
         c.lm.max_windows = 2
