@@ -490,7 +490,7 @@ def summary_table(records: Iterable[dict[str, Any]]) -> str:
     for r in records:
         if r["method"] == "dense":
             continue
-        rows.setdefault(_row_name(r), {}).setdefault(r["ratio"], []).append(r["value"])
+        rows.setdefault(row_name(r), {}).setdefault(r["ratio"], []).append(r["value"])
         if r["method"] == "fold":
             sparsity[r["ratio"]] = r["param_sparsity"]
     ratios = sorted({ratio for cells in rows.values() for ratio in cells})
@@ -511,7 +511,7 @@ def summary_table(records: Iterable[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _row_name(record: dict[str, Any]) -> str:
+def row_name(record: dict[str, Any]) -> str:
     """``method:correction`` (image models); ``method:schedule`` and, where a language-model point was corrected or
     read calibration data, ``:correction:calibration`` (the kind of data it read)."""
     if "schedule" not in record:

@@ -1,5 +1,7 @@
 """The paper's LLM table (Table 3 form) from a language-model sweep's results.jsonl: perplexity per method and
-schedule at each target fraction of parameters removed, and the greedy generations (Table 5 form).
+schedule at each target fraction of parameters removed, the greedy generations (Table 5 form), and — where rows
+were corrected or calibrated — one line per row with the data it read (none / self-generated / real text), the
+calibration tokens and the seconds each step cost.
 
     python paper_figs/llm.py workdirs/sweep_smollm2 --out docs/figures/smollm2_shakespeare
 writes <out>_table.md.
@@ -12,7 +14,7 @@ import sys
 from pathlib import Path
 
 from jaxfold.files import write_text_atomic
-from jaxfold.sweep import read_results, summary_table
+from jaxfold.sweep import read_results, row_name, summary_table
 
 
 def generations_table(records: list[dict]) -> str:
@@ -21,10 +23,29 @@ def generations_table(records: list[dict]) -> str:
         return ""
     lines = ["| model | params removed | prompt | greedy continuation |", "|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["method"] != "dense", r["id"])):
-        name = "dense" if r["method"] == "dense" else f"{r['method']}:{r['schedule']}"
+        name = "dense" if r["method"] == "dense" else row_name(r)
         for g in r["generations"]:
             text = g["continuation"].replace("\n", "⏎").replace("|", "\\|")
             lines.append(f"| {name} | {100 * r['param_sparsity']:.1f} % | {g['prompt']} | {text} |")
+    return "\n".join(lines) + "\n"
+
+
+DATA = {"none": "none", "self": "self-generated", "real": "real text"}
+
+
+def data_table(records: list[dict]) -> str:
+    """One line per corrected or calibrated point: what it read, how much, and what each step cost."""
+    rows = [r for r in records if r["method"] != "dense" and "calibration" in r]
+    if not any(r["calibration"] != "none" for r in rows):
+        return ""
+    lines = ["| row | target | params removed | external text | calibration | perplexity | compress s | "
+             "correction s (per step) |", "|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["ratio"], r["value"])):
+        steps = ", ".join(f"{k} {v:.0f}" for k, v in r.get("correction_steps", {}).items()) or "–"
+        tokens = f"{DATA[r['calibration']]}, {r['calibration_tokens']:,} tokens" if r["calibration_tokens"] else "–"
+        lines.append(f"| {row_name(r)} | {r['ratio']:g} | {100 * r['param_sparsity']:.2f} % | "
+                     f"{'yes' if r['calibration'] == 'real' else 'no'} | {tokens} | {r['value']:.2f} | "
+                     f"{r['fold_seconds']:.0f} | {steps} |")
     return "\n".join(lines) + "\n"
 
 
@@ -39,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     target = out.with_name(out.name + "_table.md")
-    write_text_atomic(target, summary_table(records) + "\n" + generations_table(records))
+    parts = [summary_table(records), data_table(records), generations_table(records)]
+    write_text_atomic(target, "\n".join(p for p in parts if p))
     print(target)
     return 0
 

@@ -112,6 +112,12 @@ def test_lm_sweep_rows_name_their_correction_and_calibration(tiny_lm_dir, monkey
     assert len(data_free) == 4
     summary = (tiny_lm_dir / "wd" / "summary.md").read_text()
     assert "| fold:uniform:refit:self |" in summary and "| wanda_sp:uniform:none:real |" in summary
+    from paper_figs import llm
+
+    assert llm.main([str(tiny_lm_dir / "wd"), "--out", str(tiny_lm_dir / "fig")]) == 0
+    table = (tiny_lm_dir / "fig_table.md").read_text()  # one line per row: the data it read and what it cost
+    assert "| fold:uniform:refit:self | 0.2 |" in table and "| no | self-generated, 64 tokens |" in table
+    assert "| wanda_sp:uniform:none:real | 0.2 |" in table and "| yes | real text, 64 tokens |" in table
 
 
 @pytest.mark.parametrize("variant, message", [
