@@ -60,6 +60,26 @@ def test_nucleus_draws_only_inside_the_nucleus_in_proportion():
     assert abs(np.mean(draws == 0) - 0.5 / 0.8) < 0.03  # renormalised over the nucleus
 
 
+def test_nucleus_cut_by_bisection_equals_the_sorted_cumulative_cut():
+    """The cut found without sorting keeps the tokens a sort + cumulative sum keeps (ties included): same draws."""
+    def sorted_cut(logits, keys, temperature, top_p):
+        scaled = logits / temperature
+        ranked = jnp.sort(scaled, axis=-1)[:, ::-1]
+        probs = jax.nn.softmax(ranked, axis=-1)
+        kept = jnp.sum(jnp.cumsum(probs, axis=-1) - probs < top_p, axis=-1, keepdims=True)
+        threshold = jnp.take_along_axis(ranked, kept - 1, axis=-1)
+        return jax.vmap(jax.random.categorical)(keys, jnp.where(scaled >= threshold, scaled, -jnp.inf))
+
+    rng = np.random.default_rng(0)
+    logits = np.concatenate([rng.standard_normal((16, 300)) * 4, rng.integers(-3, 3, (16, 300)),  # ties
+                             np.zeros((1, 300)), np.full((1, 300), -7.5)]).astype(np.float32)
+    keys = jax.random.split(jax.random.key(0), len(logits))
+    ours, reference = jax.jit(_nucleus), jax.jit(sorted_cut)
+    for temperature, top_p in ((1.0, 1e-6), (1.0, 0.3), (0.5, 0.7), (1.0, 0.9), (2.0, 0.99)):
+        args = (jnp.asarray(logits), keys, jnp.float32(temperature), jnp.float32(top_p))
+        np.testing.assert_array_equal(ours(*args), reference(*args))
+
+
 def test_sample_argument_errors(variables):
     with pytest.raises(UserError, match="temperature"):
         sample(CFG, variables, PROMPT, 4, jax.random.key(0), temperature=-1.0)

@@ -223,7 +223,7 @@ def _apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
 
 
 # --- the module -----------------------------------------------------------------------------------------------------
-Cache = list[tuple[jax.Array, jax.Array]]  # per block: keys, values of shape (B, L, Hkv, hd)
+Cache = list[tuple[jax.Array, jax.Array]]  # per block: keys, values of shape (B, Hkv, L, hd)
 
 
 class RMSNorm(nn.Module):
@@ -247,19 +247,20 @@ _MIN_CHUNK, _MAX_CHUNKS = 128, 8  # causal attention over long inputs: at most 8
 
 def _attend(q: jax.Array, keys: jax.Array, values: jax.Array, qpos: jax.Array, kpos: jax.Array,
             dtype: Any) -> jax.Array:
-    """Masked softmax attention of q (b, t, groups, r, d) over keys/values (b, s, groups, d) → (b, t, groups·r·d).
+    """Masked softmax attention of q (b, t, groups, r, d) over keys/values (b, groups, s, d) → (b, t, groups·r·d).
 
     One plain batched matmul per KV group, its r heads × t positions as rows (a 5-D einsum with the heads as a free
     dimension ran 1.5× slower on XLA:CPU); softmax in float32, normalised after the value product (a (rows, d)
-    division instead of a (rows, s) one)."""
+    division instead of a (rows, s) one). Keys and values come with the KV group before the positions, the layout
+    the batched matmuls read, so a KV cache is read in place (no transposed copy of it per decoding step)."""
     b, t, groups, r, hd = q.shape
     rows = q.transpose(0, 2, 3, 1, 4).reshape(b, groups, r * t, hd)
-    scores = jnp.einsum("bgqd,bgsd->bgqs", rows, keys.transpose(0, 2, 1, 3),
+    scores = jnp.einsum("bgqd,bgsd->bgqs", rows, keys,
                         preferred_element_type=jnp.float32) * (hd ** -0.5)
     mask = (kpos[None, :] <= jnp.tile(qpos, r)[:, None])[None, None]
     scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     weights = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
-    out = jnp.einsum("bgqs,bgsd->bgqd", weights.astype(dtype), values.astype(dtype).transpose(0, 2, 1, 3),
+    out = jnp.einsum("bgqs,bgsd->bgqd", weights.astype(dtype), values.astype(dtype),
                      preferred_element_type=jnp.float32) / jnp.sum(weights, axis=-1, keepdims=True)
     return out.astype(dtype).reshape(b, groups, r, t, hd).transpose(0, 3, 1, 2, 4).reshape(b, t, groups * r * hd)
 
@@ -284,16 +285,17 @@ class Attention(nn.Module):
         v = _dense(hkv * hd, self.dtype, "v")(x).reshape(b, t, hkv, hd)
         q, k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
         qpos = start + jnp.arange(t)
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # (b, hkv, t, hd), the cache's layout
         if cache is None:
             keys, values, kpos = k, v, qpos
         else:  # write this step's keys/values at [start, start + t) and attend over the whole (masked) cache
-            keys = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, start, 0, 0))
-            values = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, start, 0, 0))
-            kpos = jnp.arange(keys.shape[1])
+            keys = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, 0, start, 0))
+            values = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, 0, start, 0))
+            kpos = jnp.arange(keys.shape[2])
             cache = (keys, values)
         if cache is None and t > _MIN_CHUNK:  # causal: query chunk i needs only the keys up to its own end
             size = math.ceil(t / min(_MAX_CHUNKS, math.ceil(t / _MIN_CHUNK)))
-            out = jnp.concatenate([_attend(q[:, i:i + size], keys[:, :i + size], values[:, :i + size],
+            out = jnp.concatenate([_attend(q[:, i:i + size], keys[:, :, :i + size], values[:, :, :i + size],
                                            qpos[i:i + size], kpos[:i + size], self.dtype)
                                    for i in range(0, t, size)], axis=1)
         else:
@@ -354,8 +356,8 @@ class Llama(nn.Module):
 
 
 def init_cache(cfg: LlamaConfig, batch: int, length: int) -> Cache:
-    """An empty KV cache for ``length`` positions."""
-    return [(jnp.zeros((batch, length, h, cfg.head_dim), cfg.jnp_dtype),) * 2 for h in cfg.num_kv_heads]
+    """An empty KV cache for ``length`` positions: per block, keys and values of shape (batch, Hkv, length, hd)."""
+    return [(jnp.zeros((batch, h, length, cfg.head_dim), cfg.jnp_dtype),) * 2 for h in cfg.num_kv_heads]
 
 
 # --- generation: greedy and sampled ---------------------------------------------------------------------------------
@@ -368,15 +370,38 @@ def _categorical(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top
     return jax.vmap(jax.random.categorical)(keys, logits / temperature).astype(jnp.int32)
 
 
+def _float_order(x: jax.Array) -> jax.Array:
+    """float32 → uint32 with the same order (negative floats' bits reversed, positive ones' above them)."""
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+    return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(0x80000000))
+
+
+def _from_order(key: jax.Array) -> jax.Array:
+    """The inverse of :func:`_float_order`."""
+    return jax.lax.bitcast_convert_type(jnp.where(key >> 31 == 1, key & jnp.uint32(0x7FFFFFFF), ~key), jnp.float32)
+
+
 def _nucleus(logits: jax.Array, keys: jax.Array, temperature: jax.Array, top_p: jax.Array) -> jax.Array:
     """Top-p sampling (Holtzman et al., ICLR 2020, §3.1): draw from the smallest set of most likely tokens whose
-    probability reaches ``top_p`` (always at least the most likely one), renormalised."""
+    probability reaches ``top_p`` (always at least the most likely one, and every token tied with the least likely
+    one kept), renormalised.
+
+    The cut is the smallest logit whose strictly more likely tokens hold less than ``top_p``, found per row by
+    bisection over the 2³² float32 values in order (32 masked sums over the vocabulary) instead of sorting it: a
+    sort of SmolLM2's 49,152 logits cost more than the model's forward step on XLA:CPU (docs/benchmarks.md)."""
     scaled = logits / temperature
-    ranked = jnp.sort(scaled, axis=-1)[:, ::-1]
-    probs = jax.nn.softmax(ranked, axis=-1)
-    before = jnp.cumsum(probs, axis=-1) - probs  # the mass of the tokens ranked above each one
-    kept = jnp.sum(before < top_p, axis=-1, keepdims=True)  # ≥ 1: the top token has 0 mass before it
-    threshold = jnp.take_along_axis(ranked, kept - 1, axis=-1)
+    probs = jax.nn.softmax(scaled, axis=-1)
+
+    def halve(_: Any, bounds: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        lo, hi = bounds  # the cut's order key lies in [lo, hi]; hi always qualifies
+        mid = lo + (hi - lo) // 2
+        above = jnp.sum(jnp.where(scaled > _from_order(mid)[:, None], probs, 0.0), axis=-1)
+        inside = above < top_p
+        return jnp.where(inside, lo, mid + 1), jnp.where(inside, mid, hi)
+
+    bounds = _float_order(jnp.min(scaled, axis=-1)), _float_order(jnp.max(scaled, axis=-1))
+    _, cut = jax.lax.fori_loop(0, 32, halve, bounds)
+    threshold = _from_order(cut)[:, None]
     return _categorical(jnp.where(scaled >= threshold, scaled, -jnp.inf), keys, jnp.float32(1.0), top_p)
 
 
