@@ -4,14 +4,15 @@
 shared, so only ratios measured back to back mean much).
 
     .venv/bin/python benchmarks/decode_speed.py [--baseline REV] [--batch 16] [--seqlen 512] [--rounds 1]
-        [--lengths 65,129,257,513] [--step-repeats 7] [--check self-db4bff9ba69ceb92.npy] [--skip-decode]
+        [--lengths 65,129,257,513] [--step-repeats 7] [--check self-db4bff9ba69ceb92.npy] [--parts choose,step,decode]
 
 Prints, as JSON lines:
 
-* ``decode``: tokens/s of the self-generated calibration batch — ``generate_windows`` (``sample`` at temperature 1,
-  top_p 1, row j drawn with ``fold_in(key(0), j)``) of ``--batch`` windows of ``--seqlen`` tokens, i.e. ``--batch``
-  × (seqlen − 1) new tokens over a cache of seqlen positions — for both implementations, their tokens equal, and
-  with ``--check`` equal to the first ``--batch`` rows of that cached windows file (``seed=0`` windows).
+* ``decode``: tokens/s (compiled beforehand) of the self-generated calibration batch — ``generate_windows``
+  (``sample`` at temperature 1, top_p 1, row j drawn with ``fold_in(key(0), j)``) of ``--batch`` windows of
+  ``--seqlen`` tokens, i.e. ``--batch`` × (seqlen − 1) new tokens over a cache of seqlen positions — for both
+  implementations, whether their tokens are equal, and with ``--check`` whether they equal the first ``--batch``
+  rows of that cached windows file (``seed=0`` windows).
 * ``step``: one jitted decoding step (``apply`` of one token per row with a donated cache) vs the cache length.
 * ``choose``: the per-step token choice on (batch, vocab) logits: greedy, categorical, top-p 0.9.
 """
@@ -65,13 +66,20 @@ def median_ms(times: list[float]) -> float:
 def decode(impls: dict, model, args) -> None:
     """The first self-generated calibration batch with each implementation, alternating over ``--rounds``."""
     start = self_text.start_token(model)
+    samplers = {name: module.sample for name, module in impls.items()}  # before current.sample is swapped
+    compile_s = {}
+    for name, module in impls.items():  # compiled before timing (the jitted calls below reuse the executable)
+        prompt = jnp.full((args.batch, 1), start, jnp.int32)
+        keys = jax.random.split(jax.random.key(0), args.batch)
+        t = time.perf_counter()
+        module._decode.lower(convert(module, model.config), model.variables, prompt, args.seqlen - 1, jnp.int32(-1),
+                             module._categorical, keys, jnp.float32(1.0), jnp.float32(1.0)).compile()
+        compile_s[name] = round(time.perf_counter() - t, 1)
     runs, tokens = {name: [] for name in impls}, {}
     for r in range(args.rounds):
         for name in (list(impls) if r % 2 == 0 else list(impls)[::-1]):
-            module = impls[name]
-
-            def sample(config, *a, _module=module, **k):
-                return _module.sample(convert(_module, config), *a, **k)
+            def sample(config, *a, _module=impls[name], _sample=samplers[name], **k):
+                return _sample(convert(_module, config), *a, **k)
 
             current_sample, current.sample = current.sample, sample  # generate_windows imports it at call time
             try:
@@ -86,7 +94,8 @@ def decode(impls: dict, model, args) -> None:
     out = {"what": "decode", "batch": args.batch, "new_tokens_per_row": args.seqlen - 1, "cache": args.seqlen,
            "seconds": {n: [round(t, 1) for t in ts] for n, ts in runs.items()},
            "tokens_per_s": {n: [round(new / t, 2) for t in ts] for n, ts in runs.items()},
-           "first_call_includes_compile": True, "same_tokens": len({t.tobytes() for t in tokens.values()}) == 1}
+           "compile_s": compile_s,
+           "same_tokens": len({t.tobytes() for t in tokens.values()}) == 1}
     if len(impls) == 2:
         a, b = (statistics.median(runs[n]) for n in impls)
         out["speedup"] = round(a / b, 2)
@@ -151,7 +160,7 @@ def main() -> None:
     p.add_argument("--lengths", default="65,129,257,513")
     p.add_argument("--step-repeats", type=int, default=7)
     p.add_argument("--check", default=None, help="a cached self_text .npy to compare the tokens with")
-    p.add_argument("--skip-decode", action="store_true")
+    p.add_argument("--parts", default="choose,step,decode", help="which measurements, comma-separated")
     args = p.parse_args()
     impls = {"current": current}
     if args.baseline:
@@ -160,10 +169,8 @@ def main() -> None:
     print(json.dumps({"jax": jax.__version__, "head": head.strip(), "cpus": os.cpu_count(),
                       "load": [round(x, 1) for x in os.getloadavg()]}), flush=True)
     model = load_language_model("smollm2")
-    choose(impls, model, args)
-    steps(impls, model, args)
-    if not args.skip_decode:
-        decode(impls, model, args)
+    for part in args.parts.split(","):
+        {"choose": choose, "step": steps, "decode": decode}[part](impls, model, args)
 
 
 if __name__ == "__main__":
