@@ -58,7 +58,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.lm.calibration_batch = 8
     c.lm.self_calibration = dict(seed=0, temperature=1.0, top_p=1.0)
     c.sweep.variants = variants()
-    c.sweep.correction_options = dict(refit=dict(), norm_tune=dict())
+    # every option spelled out, so a row's record says what it ran with (override e.g. ...refit.target=dense)
+    c.sweep.correction_options = dict(refit=dict(target="residual", which="compressed", ridge=1e-3),
+                                      norm_tune=dict(loss="distill", steps=32, lr=1e-2, batch_size=1, progress=False),
+                                      act_cluster=dict())
     c.sweep.generate_at = (0.2,)
     if arg in ("quick", "core"):
         c.sweep.variants = variants(("recipe_mlp",), _CORE)

@@ -394,8 +394,9 @@ class _LMRunner:
                               seconds)
         if windows is not None:
             record.update(calibration=kind, calibration_tokens=int(windows.size))
-        if steps:
-            record.update(correction_seconds=round(sum(steps.values()), 4), correction_steps=steps)
+        if steps:  # with the options each step ran with (a default that changes later stays readable here)
+            record.update(correction_seconds=round(sum(steps.values()), 4), correction_steps=steps,
+                          correction_options={name: dict(options.get(name, {})) for name in steps})
         prompts = self.sweep.get("generate_prompts", ())
         if prompts and any(abs(p.ratio - float(a)) < 1e-9 for a in self.sweep.get("generate_at", ())):
             record["generations"] = self.generations(out.config, out.variables, prompts)
