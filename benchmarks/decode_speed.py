@@ -4,7 +4,8 @@
 shared, so only ratios measured back to back mean much).
 
     .venv/bin/python benchmarks/decode_speed.py [--baseline REV] [--batch 16] [--seqlen 512] [--rounds 1]
-        [--lengths 65,129,257,513] [--step-repeats 7] [--check self-db4bff9ba69ceb92.npy] [--parts choose,step,decode]
+        [--lengths 65,129,257,513] [--step-repeats 4] [--loop-steps 24] [--check self-db4bff9ba69ceb92.npy]
+        [--parts choose,step,decode]
 
 Prints, as JSON lines:
 
@@ -13,18 +14,26 @@ Prints, as JSON lines:
   ``--seqlen`` tokens, i.e. ``--batch`` × (seqlen − 1) new tokens over a cache of seqlen positions — for both
   implementations, whether their tokens are equal, and with ``--check`` whether they equal the first ``--batch``
   rows of that cached windows file (``seed=0`` windows).
-* ``step``: one jitted decoding step (``apply`` of one token per row with a donated cache) vs the cache length.
+* ``step``: milliseconds per decoding step vs the cache length (``--lengths``): ``_decode``'s while loop, run for
+  ``--loop-steps`` steps over a cache of that many positions (:func:`decode_loop`), ``--step-repeats`` calls.
 * ``choose``: the per-step token choice on (batch, vocab) logits: greedy, categorical, top-p 0.9.
+* ``profile`` (not in the default parts): where a step over the longest ``--lengths`` spends its time, from a
+  ``jax.profiler`` trace of one :func:`decode_loop` call: milliseconds per step by the op XLA:CPU ran inside the
+  loop (its ``op_name``, blocks merged; the sum exceeds the wall time when ops run concurrently), per implementation.
 """
 import argparse
+import collections
 import dataclasses
+import gzip
 import importlib
 import importlib.util
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -107,29 +116,54 @@ def decode(impls: dict, model, args) -> None:
     print(json.dumps(out), flush=True)
 
 
+def decode_loop(module, config, batch: int, length: int, steps: int):
+    """``_decode``'s loop with the cache length set apart from the step count: a prompt of one token, then
+    ``steps`` one-token steps (``lax.while_loop``, categorical draws) over a cache of ``length`` positions. Jitted:
+    ``f(variables) -> tokens``."""
+    config = convert(module, config)
+    llama = config.module()
+    keys = jax.random.split(jax.random.key(0), batch)
+
+    def pick(logits, i):
+        step_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, i)
+        return module._categorical(logits[:, -1], step_keys, jnp.float32(1.0), jnp.float32(1.0))
+
+    @jax.jit
+    def run(variables):
+        prompt = jnp.zeros((batch, 1), jnp.int32)
+        logits, cache = llama.apply(variables, prompt, module.init_cache(config, batch, length), 0)
+
+        def body(state):
+            i, token, cache, out = state
+            logits, cache = llama.apply(variables, token[:, None], cache, 1 + i)
+            return i + 1, pick(logits, i + 1), cache, out.at[:, i].set(token)
+
+        state = (jnp.int32(0), pick(logits, jnp.int32(0)), cache, jnp.zeros((batch, steps), jnp.int32))
+        return jax.lax.while_loop(lambda state: state[0] < steps, body, state)[3]
+
+    return run
+
+
 def steps(impls: dict, model, args) -> None:
-    """One decoding step (batch × 1 token, donated cache) per cache length, implementations interleaved."""
+    """Milliseconds per decoding step vs the cache length: ``--loop-steps`` steps of :func:`decode_loop` per call,
+    ``--step-repeats`` calls per implementation, interleaved."""
     variables = jax.device_put(model.variables)
-    token = jnp.ones((args.batch, 1), jnp.int32)
     for length in (int(x) for x in args.lengths.split(",")):
-        fns, caches, times = {}, {}, {}
-        for name, module in impls.items():
-            llama = convert(module, model.config).module()
-            fns[name] = jax.jit(lambda v, t, c, p, llama=llama: llama.apply(v, t, c, p), donate_argnums=(2,))
-            caches[name] = [tuple(jnp.zeros_like(a) for a in kv)  # separate buffers: both are donated
-                            for kv in module.init_cache(model.config, args.batch, length)]
-            times[name] = []
-        for r in range(args.step_repeats + 1):
-            for name, fn in fns.items():
+        runs = {n: decode_loop(m, model.config, args.batch, length, args.loop_steps) for n, m in impls.items()}
+        tokens = {n: np.asarray(run(variables)) for n, run in runs.items()}  # compiles
+        times = {n: [] for n in runs}
+        for r in range(args.step_repeats):
+            for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
                 t = time.perf_counter()
-                logits, caches[name] = fn(variables, token, caches[name], jnp.int32(length // 2))
-                logits.block_until_ready()
-                if r:  # the first call compiles
-                    times[name].append(time.perf_counter() - t)
-        out = {"what": "step", "batch": args.batch, "cache": length,
+                runs[name](variables).block_until_ready()
+                times[name].append((time.perf_counter() - t) / args.loop_steps)
+        out = {"what": "step", "batch": args.batch, "cache": length, "steps_per_call": args.loop_steps,
                "ms": {n: median_ms(t) for n, t in times.items()},
                "min_ms": {n: round(1e3 * min(t), 1) for n, t in times.items()},
-               "load": round(os.getloadavg()[0], 1)}
+               "same_tokens": len({t.tobytes() for t in tokens.values()}) == 1, "load": round(os.getloadavg()[0], 1)}
+        if len(impls) == 2:
+            a, b = (statistics.median(times[n]) for n in impls)
+            out["speedup"] = round(a / b, 2)
         print(json.dumps(out), flush=True)
 
 
@@ -151,6 +185,35 @@ def choose(impls: dict, model, args) -> None:
                                                                                        in times.items()}}), flush=True)
 
 
+def profile(impls: dict, model, args) -> None:
+    """Milliseconds per decoding step by XLA op (blocks merged), inside the loop of :func:`decode_loop` over a
+    cache of the longest ``--lengths``."""
+    variables = jax.device_put(model.variables)
+    length = max(int(x) for x in args.lengths.split(","))
+    for name, module in impls.items():
+        run = decode_loop(module, model.config, args.batch, length, args.loop_steps)
+        ops = {}  # instruction name → op_name with the block index dropped, for the loop body's instructions
+        for line in run.lower(variables).compile().as_text().splitlines():
+            if (m := re.match(r'\s*(?:ROOT )?%([\w.-]+) = .*op_name="([^"]*)"', line)) and "while/body/" in m[2]:
+                ops[m[1]] = re.sub(r"block_\d+", "block_*", m[2].split("while/body/")[-1])
+        run(variables).block_until_ready()
+        with tempfile.TemporaryDirectory() as trace_dir:
+            with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+                t = time.perf_counter()
+                run(variables).block_until_ready()
+                wall = time.perf_counter() - t
+            with gzip.open(next(Path(trace_dir).rglob("*.json.gz"))) as f:
+                trace = json.load(f)
+        spent = collections.Counter()
+        for event in trace["traceEvents"]:
+            if event.get("ph") == "X" and event.get("name") in ops:
+                spent[ops[event["name"]]] += event.get("dur", 0) / 1e3 / args.loop_steps
+        print(json.dumps({"what": "profile", "impl": name, "batch": args.batch, "cache": length,
+                          "wall_ms_per_step": round(1e3 * wall / args.loop_steps, 1),
+                          "op_ms_per_step": round(sum(spent.values()), 1), "load": round(os.getloadavg()[0], 1),
+                          "top_ops_ms": {op: round(ms, 1) for op, ms in spent.most_common(14)}}), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--baseline", default=None, help="git revision whose llama.py to compare with (default: none)")
@@ -158,7 +221,8 @@ def main() -> None:
     p.add_argument("--seqlen", type=int, default=512, help="window length: seqlen − 1 new tokens per row")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--lengths", default="65,129,257,513")
-    p.add_argument("--step-repeats", type=int, default=7)
+    p.add_argument("--step-repeats", type=int, default=4)
+    p.add_argument("--loop-steps", type=int, default=24)
     p.add_argument("--check", default=None, help="a cached self_text .npy to compare the tokens with")
     p.add_argument("--parts", default="choose,step,decode", help="which measurements, comma-separated")
     args = p.parse_args()
@@ -170,7 +234,7 @@ def main() -> None:
                       "load": [round(x, 1) for x in os.getloadavg()]}), flush=True)
     model = load_language_model("smollm2")
     for part in args.parts.split(","):
-        {"choose": choose, "step": steps, "decode": decode}[part](impls, model, args)
+        {"choose": choose, "step": steps, "decode": decode, "profile": profile}[part](impls, model, args)
 
 
 if __name__ == "__main__":
