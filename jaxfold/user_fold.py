@@ -9,9 +9,9 @@ returns ``(model, example_args)`` or ``(model, example_args, variables)``:
   initialisation from ``fold.seed`` (the report says ``"variables": "random init"``).
 
 The spec is derived by tracing (``fold.verify`` runs the permutation check). Corrections: ``none``, ``fold_ar``,
-``fold_dir``, ``repair`` (with the config's ``data`` section: training images, as for the zoo). Written atomically into the
-workdir: ``variables.npz`` (the folded variables), ``spec.json`` (every group with its members and old/new width,
-every unfoldable axis with its reason) and ``report.json``.
+``fold_dir``, ``repair`` (with the config's ``data`` section: training images, as for the zoo). Written atomically
+into the workdir: ``variables.npz`` (the folded variables), ``spec.json`` (every group with its members and
+old/new width, every unfoldable axis with its reason) and ``report.json``.
 """
 
 from __future__ import annotations
