@@ -68,6 +68,35 @@ def logits():
     return logits
 
 
+# --- language models: random LLaMA-style weights and their logits (transformer corrections) -------------------
+@pytest.fixture(scope="session")
+def lm_variables():
+    """``lm_variables(cfg, seed=0)``: random weights large enough that attention and SiLU are far from linear; norm
+    scales 1 ± 0.1."""
+
+    def lm_variables(cfg, seed=0):
+        rng = np.random.default_rng(seed)
+        flat = {p: (1 + 0.1 * rng.normal(size=s) if p.endswith("scale") else 0.15 * rng.normal(size=s))
+                .astype(np.float32) for p, (s, _) in tree.shapes(cfg.abstract_variables()).items()}
+        return tree.unflatten(flat)
+
+    return lm_variables
+
+
+@pytest.fixture(scope="session")
+def lm_logits():
+    """``lm_logits(cfg, variables, ids)``: jitted logits, compiled once per config for the whole session."""
+    apply = {}
+
+    def lm_logits(cfg, variables, ids):
+        if cfg not in apply:
+            module = cfg.module()
+            apply[cfg] = jax.jit(lambda v, x: module.apply(v, x))
+        return np.asarray(apply[cfg](variables, ids))
+
+    return lm_logits
+
+
 @pytest.fixture(scope="session")
 def assert_same_function():
     """``assert_same_function(a, b, what="")``: two logit arrays equal up to float32 reassociation."""

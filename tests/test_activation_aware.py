@@ -21,22 +21,6 @@ CFG = llama(vocab_size=32, hidden_size=32, num_layers=2, num_heads=4, num_kv_hea
             max_position_embeddings=64)
 SMALL = CFG.replace(intermediate_sizes=(32, 32))
 CORRECTIONS = ("act_cluster", "act_merge", "act_aware")
-_LOGITS = {}
-
-
-def _variables(cfg, seed=0):
-    """Random weights large enough that attention and SiLU are far from linear; norm scales 1 ± 0.1."""
-    rng = np.random.default_rng(seed)
-    flat = {p: (1 + 0.1 * rng.normal(size=s) if p.endswith("scale") else 0.15 * rng.normal(size=s)).astype(np.float32)
-            for p, (s, _) in tree.shapes(cfg.abstract_variables()).items()}
-    return tree.unflatten(flat)
-
-
-def _logits(cfg, variables, ids):
-    if cfg not in _LOGITS:
-        module = cfg.module()
-        _LOGITS[cfg] = jax.jit(lambda v, x: module.apply(v, x))
-    return np.asarray(_LOGITS[cfg](variables, ids))
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +34,8 @@ def _mlp_only(k):
 
 
 @pytest.mark.parametrize("correction", CORRECTIONS)
-def test_k_equals_n_is_the_identity(correction, windows):
-    v = _variables(CFG)
+def test_k_equals_n_is_the_identity(correction, windows, lm_variables):
+    v = lm_variables(CFG)
     out = fold_model(CFG, v, 0.0, jax.random.key(0), correction=correction, data=lambda: windows, n_init=1)
     assert out.config == CFG
     for path, a in tree.flatten(v).items():
@@ -59,19 +43,19 @@ def test_k_equals_n_is_the_identity(correction, windows):
 
 
 @pytest.mark.parametrize("correction", CORRECTIONS)
-def test_duplicated_mlp_neurons_fold_back_losslessly(correction, windows):
-    small = _variables(SMALL, seed=1)
+def test_duplicated_mlp_neurons_fold_back_losslessly(correction, windows, lm_variables, lm_logits):
+    small = lm_variables(SMALL, seed=1)
     wide = small
     spec = SMALL.fold_spec()
     rng = np.random.default_rng(2)
     for i in range(SMALL.num_layers):  # every neuron twice, in a shuffled order
         wide = duplicate_channels(wide, spec.group(f"block{i}.mlp"), rng.permutation(np.tile(np.arange(32), 2)))
     assert SMALL.with_widths({"block0.mlp": 64, "block1.mlp": 64}) == CFG
-    np.testing.assert_allclose(_logits(CFG, wide, windows[0]), _logits(SMALL, small, windows[0]), atol=1e-5)
+    np.testing.assert_allclose(lm_logits(CFG, wide, windows[0]), lm_logits(SMALL, small, windows[0]), atol=1e-5)
     out = fold_model(CFG, wide, _mlp_only(32), jax.random.key(0), correction=correction, data=lambda: windows,
                      n_init=1)
     assert out.config == SMALL
-    np.testing.assert_allclose(_logits(SMALL, out.variables, windows[1]), _logits(SMALL, small, windows[1]),
+    np.testing.assert_allclose(lm_logits(SMALL, out.variables, windows[1]), lm_logits(SMALL, small, windows[1]),
                                atol=1e-5)
 
 
@@ -79,9 +63,9 @@ def _kernel_modules(spec):
     return {m.path.removeprefix("params/").removesuffix("/kernel") for g in spec.groups for m in g.members}
 
 
-def test_one_pass_reads_producer_and_consumer_inputs(windows):
+def test_one_pass_reads_producer_and_consumer_inputs(windows, lm_variables):
     """gate/up see the RMSNorm'd residual, down sees h = silu(gate)·up: checked against flax's intermediates."""
-    v = _variables(CFG)
+    v = lm_variables(CFG)
     spec = CFG.fold_spec()
     stats = dense_input_stats(apply_fn(CFG), v, _kernel_modules(spec), windows)  # act_cluster's pass
     module = CFG.module()
@@ -127,8 +111,8 @@ def test_weighted_merge(xp):
     np.testing.assert_allclose(merged[1], (rows[1] + rows[4]) / 2, rtol=1e-6)
 
 
-def test_act_merge_weights_producers_by_activation_energy(windows):
-    v = _variables(CFG)
+def test_act_merge_weights_producers_by_activation_energy(windows, lm_variables):
+    v = lm_variables(CFG)
     plain = fold_model(CFG, v, _mlp_only(32), jax.random.key(3), correction="none", n_init=1)
     out = fold_model(CFG, v, _mlp_only(32), jax.random.key(3), correction="act_merge", data=lambda: windows,
                      n_init=1)
@@ -147,8 +131,8 @@ def test_act_merge_weights_producers_by_activation_energy(windows):
     assert out.report["calibration_rows"] == 2 * 4 * 16
 
 
-def test_errors(windows):
-    v = _variables(CFG)
+def test_errors(windows, lm_variables):
+    v = lm_variables(CFG)
     data = lambda: windows
     with pytest.raises(UserError, match="needs training data"):
         fold_model(CFG, v, 0.5, jax.random.key(0), correction="act_aware", n_init=1)
@@ -170,7 +154,7 @@ def test_errors(windows):
         with pytest.raises(ValueError, match="changes what is clustered"):
             correct(CFG, v, pruned, name, data=data)
     conv = lenet5(width=0.25)  # convolutional consumers
-    cv = _variables(conv)
+    cv = lm_variables(conv)
     images = [np.zeros((2, 28, 28, 1), np.float32)]
     with pytest.raises(UserError, match="no Dense call seen"):
         fold_model(conv, cv, 0.5, jax.random.key(0), correction="act_cluster", data=lambda: images, n_init=1)

@@ -17,22 +17,6 @@ from jaxfold.models.mlp import MLPConfig
 
 CFG = llama(vocab_size=32, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64,
             max_position_embeddings=64)
-_LOGITS = {}
-
-
-def _variables(cfg, seed=0):
-    """Random weights large enough that attention and SiLU are far from linear; norm scales 1 ± 0.1."""
-    rng = np.random.default_rng(seed)
-    flat = {p: (1 + 0.1 * rng.normal(size=s) if p.endswith("scale") else 0.15 * rng.normal(size=s)).astype(np.float32)
-            for p, (s, _) in tree.shapes(cfg.abstract_variables()).items()}
-    return tree.unflatten(flat)
-
-
-def _logits(cfg, variables, ids):
-    if cfg not in _LOGITS:
-        module = cfg.module()
-        _LOGITS[cfg] = jax.jit(lambda v, x: module.apply(v, x))
-    return np.asarray(_LOGITS[cfg](variables, ids))
 
 
 def _assert_close(a, b, tol, what):
@@ -41,35 +25,35 @@ def _assert_close(a, b, tol, what):
 
 
 @pytest.fixture(scope="module")
-def model():
+def model(lm_variables):
     rng = np.random.default_rng(0)
     calibration = rng.integers(0, CFG.vocab_size, (16, 32)).astype(np.int32)
     held_out = rng.integers(0, CFG.vocab_size, (8, 32)).astype(np.int32)
-    return _variables(CFG), calibration, held_out
+    return lm_variables(CFG), calibration, held_out
 
 
-def test_uncompressed_refit_is_the_identity(model):
+def test_uncompressed_refit_is_the_identity(model, lm_logits):
     variables, calibration, held_out = model
     new = refit_consumers(CFG, variables, CFG, variables, calibration, ridge=0.0, which="all")
-    _assert_close(_logits(CFG, new, held_out), _logits(CFG, variables, held_out), 2e-4, "refit of the dense model")
+    _assert_close(lm_logits(CFG, new, held_out), lm_logits(CFG, variables, held_out), 2e-4, "refit of the dense model")
 
 
-def test_refit_keeps_a_lossless_fold_exact(model):
+def test_refit_keeps_a_lossless_fold_exact(model, lm_variables, lm_logits):
     _, calibration, held_out = model
     half = {g: n // 2 for g, n in CFG.fold_spec().widths(CFG.abstract_variables()).items()}
     small_cfg = CFG.with_widths(half)
-    small = _variables(small_cfg, 1)
+    small = lm_variables(small_cfg, 1)
     wide = small
     for group in small_cfg.fold_spec().groups:  # every KV group and MLP neuron twice: the same function, at CFG
         wide = duplicate_channels(wide, group, np.tile(np.arange(half[group.name]), 2))
-    expected = _logits(small_cfg, small, held_out)
-    _assert_close(_logits(CFG, wide, held_out), expected, 2e-5, "widened")
+    expected = lm_logits(small_cfg, small, held_out)
+    _assert_close(lm_logits(CFG, wide, held_out), expected, 2e-5, "widened")
     back = fold_model(CFG, wide, lambda g, n: half[g], jax.random.key(0), clusterer="ward")
     assert back.config == small_cfg
     out = correct(CFG, wide, back, "refit", data=lambda: (calibration[i:i + 8] for i in (0, 8)),
                   options={"ridge": 0.0})
     assert sorted(out.report["refit"]["fit"]) == [f"block_{i}/{c}" for i in range(2) for c in ("attn/o", "mlp/down")]
-    _assert_close(_logits(small_cfg, out.variables, held_out), expected, 2e-4, "refit of a lossless fold")
+    _assert_close(lm_logits(small_cfg, out.variables, held_out), expected, 2e-4, "refit of a lossless fold")
 
 
 @pytest.mark.parametrize("target", ["dense", "residual"])
