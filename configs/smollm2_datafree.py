@@ -11,7 +11,9 @@ model: no external text at all), ``real`` (``lm.calibration``) or absent where n
 results.jsonl names its ``method``, ``schedule``, ``correction`` and ``calibration`` (``real``, ``self`` or
 ``none``), so "no external text" is one filter: ``calibration in ("self", "none")``. ``--config.lm.text=FILE``
 evaluates the same grid on any text. ``:core`` is the 20 % MLP-recipe column with the main rows (run first on a CPU);
-``:quick`` the same as a smoke run (2 evaluation windows, 4 calibration windows).
+``:quick`` the same as a smoke run (2 evaluation windows, 4 calibration windows). ``:extend`` is the other columns
+(10 / 30 % and the ``recipe`` schedule) with the rows that decide the comparison: the plain compressions, Wanda-sp
+on either calibration, the best data-free fold and Wanda-sp + refit without external text.
 """
 
 import importlib.util
@@ -39,13 +41,19 @@ _CORE = (("fold", "none"), ("fold", "refit"), ("fold", "act_cluster"), ("fold", 
          ("fold", "norm_tune"), ("magnitude", "none"), ("magnitude", "refit"), ("wanda_sp", "none"),
          ("wanda_sp", "refit"))
 
+# the other columns (`:extend`): (method, corrections, calibrations)
+_EXTEND = (("fold", "none"), ("magnitude", "none"), ("wanda_sp", "none"), ("fold", "act_cluster+refit", ("self",)),
+           ("wanda_sp", "refit", ("self",)))
+
 
 def variants(schedules=("recipe_mlp", "recipe"), rows=_ROWS) -> tuple[str, ...]:
+    """``method:schedule[:corrections:calibration]`` for every row; a row reading data runs on both calibrations
+    unless it names its own (a third element)."""
     out = []
     for schedule in schedules:
-        for method, corrections in rows:
+        for method, corrections, *only in rows:
             data = method == "wanda_sp" or corrections != "none"
-            for calibration in (("self", "real") if data else ("",)):
+            for calibration in ((only[0] if only else ("self", "real")) if data else ("",)):
                 parts = (method, schedule, corrections, calibration) if data else (method, schedule)
                 out.append(":".join(p for p in parts if p))
     return tuple(out)
@@ -66,6 +74,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg in ("quick", "core"):
         c.sweep.variants = variants(("recipe_mlp",), _CORE)
         c.sweep.ratios = (0.2,)
+    if arg == "extend":
+        c.sweep.variants = variants(("recipe_mlp", "recipe"), _EXTEND)
+        c.sweep.ratios = (0.2, 0.1, 0.3)
     if arg == "quick":
         c.lm.max_windows = 2
         c.lm.calibration_windows = 4
