@@ -25,6 +25,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.sweep = dict(variants=("fold:recipe", "fold:uniform", "magnitude:recipe", "magnitude:uniform",
                              "wanda_sp:recipe", "wanda_sp:uniform"),
                    ratios=(0.1, 0.2, 0.3), seeds=(0,), imports=(),
+                   # take no key: with several seeds they run at the first only (jaxfold.sweep.variant_seeds)
+                   deterministic=("magnitude", "wanda_sp"),
                    # one k-means restart: with the Hartigan refinement it already beats the official PCA + Ward on
                    # every group of the recipe at 4.5x its speed on this CPU (docs/benchmarks.md); each restart
                    # more costs about as much again (n_init=10: ~95 s per fold here)
@@ -36,10 +38,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # widths (uniform), an HF directory W/hf; evaluate=True adds the perplexity on lm.text to the report
     c.fold = dict(schedule="recipe", target=0.2, correction="none", clusterer="kmeans", n_init=1, max_iter=300,
                   seed=0, evaluate=False, hf_dir=True, imports=())
-    if arg == "demo":  # `make demo`: fold vs magnitude with the paper's recipe at 10 and 20 % (~2 min CPU)
+    if arg == "demo":  # `make demo`: fold vs magnitude with the paper's recipe at 10 and 20 % (~3 min CPU)
         c.lm.max_windows = 4
         c.sweep.variants = ("fold:recipe", "magnitude:recipe")
         c.sweep.ratios = (0.1, 0.2)
+        c.sweep.seeds = (0, 1, 2)  # the fold's mean ± std over 3 clusterings; magnitude runs once
         c.sweep.generate_prompts = ("The capital of France is",)
     if arg == "quick":
         c.lm.max_windows = 2

@@ -38,10 +38,11 @@ from jaxfold.eval.classification import check_model_fits_data, evaluate_model
 from jaxfold.files import write_json_atomic, write_text_atomic
 from jaxfold.fold_run import CORRECTION_DATA, correction_inputs
 from jaxfold.io import checkpoint
+from jaxfold.seed_stats import DDOF, SeedStats, aggregate_seeds
 
 METHODS = ("fold", *BASELINES)
 RESULTS, MANIFEST, SUMMARY = "results.jsonl", "manifest.json", "summary.md"
-_GRID_FIELDS = ("variants", "ratios", "seeds", "imports")  # may grow between runs of one workdir
+_GRID_FIELDS = ("variants", "ratios", "seeds", "imports", "deterministic")  # may change between runs of a workdir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +64,9 @@ def grid(sweep: ml_collections.ConfigDict, language_model: bool = False) -> list
     """The sweep's points, validated: ``variants`` are "method:correction" pairs (image models) or
     "method:schedule" pairs (language models; ``ratios`` are then target fractions of parameters removed).
     An image model's fold may name its clusterer, "fold/<clusterer>:correction" (plain "fold" is k-means), for
-    the clustering ablation (the paper's Fig. 3)."""
+    the clustering ablation (the paper's Fig. 3). Every variant runs at each of ``seeds``, except those that
+    ``deterministic`` names (:func:`variant_seeds`)."""
+    _check_deterministic(sweep, language_model)
     if language_model:
         return _lm_grid(sweep)
     if bad := [r for r in sweep.ratios if not 0.0 <= float(r) < 1.0]:
@@ -86,9 +89,37 @@ def grid(sweep: ml_collections.ConfigDict, language_model: bool = False) -> list
             raise UserError(f"sweep variant {variant!r}: {corr} changes what is clustered, so it only applies to "
                             "fold (use none or repair with baselines)")
         for ratio in sweep.ratios:
-            for seed in sweep.seeds:
+            for seed in variant_seeds(sweep, str(variant)):
                 points.append(Point(method, corr, float(ratio), int(seed)))
     return points
+
+
+def variant_seeds(sweep: ml_collections.ConfigDict, variant: str) -> tuple[int, ...]:
+    """The seeds ``variant`` runs at: all of ``sweep.seeds``, or only the first where ``sweep.deterministic``
+    names the variant (e.g. ``sp_l2:repair``) or its method (``sp_l2``: all of its variants). List there what
+    takes no PRNG key — magnitude / SP-L1 / SP-L2 pruning, IFM, the linkage clusterers (``fold/ward``), with a
+    correction that reads no key (``none``, ``repair``, ``fold_ar``, ``refit``): given the weights, every seed would
+    repeat the same number, so one seed is all the tables need (they show n = 1 for it)."""
+    method = variant.partition(":")[0]
+    names = set(sweep.get("deterministic", ()))
+    return tuple(sweep.seeds)[:1] if variant in names or method in names else tuple(sweep.seeds)
+
+
+_SEEDED_CLUSTERERS = ("", "kmeans", "spectral")  # fold's clusterers that draw from the key ("": k-means)
+
+
+def _check_deterministic(sweep: ml_collections.ConfigDict, language_model: bool) -> None:
+    known = LM_METHODS if language_model else METHODS
+    for name in sweep.get("deterministic", ()):
+        method = str(name).partition(":")[0]
+        base, _, clusterer = method.partition("/")
+        if not (method in known or (not language_model and base == "fold" and clusterer in CLUSTERERS)):
+            raise UserError(f"sweep.deterministic names {name!r}: expected a method ({list(known)}) or a variant "
+                            "(method:…) whose result does not depend on the seed, e.g. sp_l2 or magnitude:recipe")
+        if base == "fold" and clusterer in _SEEDED_CLUSTERERS:
+            raise UserError(f"sweep.deterministic names {name!r}, but its clustering draws from the seed's key "
+                            "(k-means' initialisations, spectral's): its points need every seed. Drop it; a "
+                            "linkage clusterer such as fold/ward may be listed")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +188,7 @@ def _lm_grid(sweep: ml_collections.ConfigDict) -> list[LMPoint]:
     for variant in sweep.variants:
         method, schedule, corrections, calibration = _lm_variant(variant)
         points += [LMPoint(method, schedule, float(r), int(s), corrections, calibration)
-                   for r in sweep.ratios for s in sweep.seeds]
+                   for r in sweep.ratios for s in variant_seeds(sweep, str(variant))]
     return points
 
 
@@ -480,32 +511,33 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str | os.PathLike, sha
 
 
 def summary_table(records: Iterable[dict[str, Any]]) -> str:
-    """Markdown: one row per method + correction (or schedule), one column per ratio (or target sparsity); cells
-    are the metric (accuracy in %, perplexity as is), the mean over seeds; the header gives each column's
-    parameter sparsity as achieved by the fold."""
+    """Markdown: one row per method + correction (or schedule) with its number of seeds, one column per ratio (or
+    target sparsity); cells are the metric (accuracy in %, perplexity as is) as mean ± sample std over the seeds
+    (:mod:`jaxfold.seed_stats`; one seed: the value alone; a cell with fewer seeds than its row says its n); the
+    header gives each column's parameter sparsity as achieved by the fold."""
     records = list(records)
     dense = [r for r in records if r["method"] == "dense"]
     percent = bool(records) and records[0]["metric"] == "accuracy"
-    rows: dict[str, dict[float, list[float]]] = {}
-    sparsity: dict[float, float] = {}
-    for r in records:
-        if r["method"] == "dense":
-            continue
-        rows.setdefault(row_name(r), {}).setdefault(r["ratio"], []).append(r["value"])
-        if r["method"] == "fold":
-            sparsity[r["ratio"]] = r["param_sparsity"]
+    points = [r for r in records if r["method"] != "dense"]
+    rows: dict[str, dict[float, SeedStats]] = {}
+    for (row, ratio), stats in aggregate_seeds(points, lambda r: (row_name(r), r["ratio"])).items():
+        rows.setdefault(row, {})[ratio] = stats
+    sparsity = {r["ratio"]: r["param_sparsity"] for r in points if r["method"] == "fold"}
     ratios = sorted({ratio for cells in rows.values() for ratio in cells})
     known = {v: i for i, v in enumerate(PAPER_CV_VARIANTS)}
     rows = dict(sorted(rows.items(), key=lambda item: (known.get(item[0], len(known)), item[0])))
     name = "r" if percent else "target"
-    head = ["method:" + ("correction" if percent else "schedule")] + [
+    head = ["method:" + ("correction" if percent else "schedule"), "seeds"] + [
         f"{name}={x:g} ({100 * sparsity[x]:.1f} %)" if x in sparsity else f"{name}={x:g}" for x in ratios]
     scale = 100.0 if percent else 1.0
     digits = ".4f" if records and records[0]["metric"] == "output_error" else ".2f"
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row, cells in rows.items():
-        vals = [f"{scale * np.mean(cells[x]):{digits}}" if x in cells else "" for x in ratios]
-        lines.append("| " + " | ".join([row, *vals]) + " |")
+        n = max(s.n for s in cells.values())
+        vals = [cells[x].format(scale, digits, show_n=cells[x].n != n) if x in cells else "" for x in ratios]
+        lines.append("| " + " | ".join([row, str(n), *vals]) + " |")
+    if any(s.n > 1 for cells in rows.values() for s in cells.values()):
+        lines.append(f"\nCells: mean ± sample standard deviation (ddof={DDOF}) over the row's seeds.")
     if dense:
         value = (f"{100 * dense[0]['value']:.2f} %" if percent else f"{dense[0]['metric']} {dense[0]['value']:.2f}")
         return "\n".join(lines) + f"\n\nDense: {value} ({dense[0]['params']:,} params).\n"
@@ -529,13 +561,16 @@ PAPER_CV_VARIANTS = ("fold:none", "fold:fold_ar", "fold:fold_ar_fused", "fold:fo
 CLUSTERING_VARIANTS = ("fold:repair", "fold/spectral:repair", "fold/ward:repair", "fold/single:repair",
                        "fold/complete:repair", "fold/average:repair", "ifm:repair")
 PAPER_CV_RATIOS = (0.05, 0.1, 0.15, 0.25, 0.35, 0.45, 0.5, 0.55, 0.65, 0.75)
+# Take no PRNG key: pruning by norms, IFM's greedy merging, the linkage clusterers (fold_dir is seeded by di_seed)
+CV_DETERMINISTIC = ("sp_l1", "sp_l2", "ifm", "fold/ward", "fold/single", "fold/complete", "fold/average")
 
 
 def cv_sweep_section(checkpoint: str, **changes: Any) -> dict[str, Any]:
     """The ``sweep`` section of the image-classification configs: the paper's CV methods (Fig. 6) over its
-    channel ratios, per-layer variance ratios recorded at r = 0.5 (Fig. 4)."""
+    channel ratios, per-layer variance ratios recorded at r = 0.5 (Fig. 4). With several ``seeds``, the methods
+    that take no key (``deterministic``, see :func:`variant_seeds`) run at the first only."""
     section = dict(checkpoint=checkpoint, train_if_missing=True, imports=(), variants=PAPER_CV_VARIANTS,
-                   ratios=PAPER_CV_RATIOS, seeds=(0,), n_init=10, variance_ratio_at=(0.5,), variance_batch=500,
-                   **CORRECTION_DATA)
+                   ratios=PAPER_CV_RATIOS, seeds=(0,), deterministic=CV_DETERMINISTIC, n_init=10,
+                   variance_ratio_at=(0.5,), variance_batch=500, **CORRECTION_DATA)
     section.update(changes)
     return section

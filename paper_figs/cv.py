@@ -1,6 +1,7 @@
 """The paper's CV figures from a sweep's results.jsonl: accuracy vs parameter sparsity per method (Fig. 5/6, and
 per clusterer for the clustering ablation, Fig. 3), the per-layer variance ratio at one channel ratio (Fig. 4), and
-the markdown table.
+the markdown table. Points run at several seeds show their mean with ± one standard deviation over the seeds as
+error bars (jaxfold.seed_stats, shared with the tables), and each curve's legend entry its number of seeds.
 
     python paper_figs/cv.py workdirs/sweep_resnet18_fmnist --out docs/figures/resnet18_fmnist
 writes <out>_accuracy.png, <out>_variance_ratio.png, <out>_table.md and <out>_timings.md.
@@ -21,6 +22,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from jaxfold.files import write_bytes_atomic, write_text_atomic
+from jaxfold.seed_stats import SeedStats, aggregate_seeds, seed_stats
 from jaxfold.sweep import read_results, summary_table
 
 LABELS = {"fold:none": "Fold-Naive", "fold:fold_ar": "Fold-AR", "fold:fold_dir": "Fold-DIR", "fold:repair": "Fold-R",
@@ -46,24 +48,49 @@ def _png(fig: plt.Figure) -> bytes:
     return buffer.getvalue()
 
 
+def _seeds_label(label: str, stats: list[SeedStats], seeded: bool) -> str:
+    """The legend entry; in a figure with any point over several seeds, each entry says its n (``n=1–3`` when a
+    curve's points differ)."""
+    if not seeded:
+        return label
+    low, high = min(s.n for s in stats), max(s.n for s in stats)
+    return f"{label} (n={low})" if low == high else f"{label} (n={low}–{high})"
+
+
+def _plot(ax: plt.Axes, xs: list, stats: list[SeedStats], fmt: str, label: str, seeded: bool, scale: float = 1.0,
+          markersize: float = 4) -> None:
+    """One curve of means; with error bars of ± one std over seeds where any figure point had several seeds."""
+    ys = [scale * s.mean for s in stats]
+    if seeded:
+        ax.errorbar(xs, ys, yerr=[scale * s.std for s in stats], fmt=fmt, label=label, markersize=markersize,
+                    capsize=2, elinewidth=0.8)
+    else:
+        ax.plot(xs, ys, fmt, label=label, markersize=markersize)
+
+
 def accuracy_vs_sparsity(records: list[dict], title: str) -> bytes:
-    curves: dict[str, dict[float, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    """Test accuracy against parameter sparsity, one curve per method:correction: mean ± std over seeds."""
+    points = [r for r in records if r["method"] != "dense"]
     dense = next((r for r in records if r["method"] == "dense"), None)
-    for r in records:
-        if r["method"] != "dense":
-            curves[f"{r['method']}:{r['correction']}"][r["ratio"]].append((r["param_sparsity"], r["value"]))
+    key = lambda r: (f"{r['method']}:{r['correction']}", r["ratio"])
+    accuracy, sparsity = aggregate_seeds(points, key), aggregate_seeds(points, key, "param_sparsity")
+    curves: dict[str, list[tuple[float, SeedStats]]] = defaultdict(list)
+    for (variant, ratio), stats in accuracy.items():
+        curves[variant].append((sparsity[(variant, ratio)].mean, stats))
+    seeded = any(s.n > 1 for s in accuracy.values())
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     ablation = any("/" in variant.split(":")[0] for variant in curves)
-    for variant, by_ratio in curves.items():
-        pts = sorted((np.mean([s for s, _ in v]), 100 * np.mean([a for _, a in v])) for v in by_ratio.values())
-        xs, ys = zip(*pts, strict=True)
-        ax.plot(xs, ys, STYLE.get(variant.split(":")[0], "-o"), label=_label(variant, ablation), markersize=4)
+    for variant, pts in curves.items():
+        pts.sort(key=lambda p: p[0])
+        stats = [s for _, s in pts]
+        _plot(ax, [x for x, _ in pts], stats, STYLE.get(variant.split(":")[0], "-o"),
+              _seeds_label(_label(variant, ablation), stats, seeded), seeded, scale=100.0)
     if dense:
         ax.axhline(100 * dense["value"], color="k", lw=0.8, ls="--", label="dense")
     ax.axhline(10, color="gray", lw=0.6, ls=":", label="chance")
     ax.set(xlabel="parameter sparsity", ylabel="test accuracy (%)", title=title, ylim=(0, 100))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, ncol=2, title="mean ± std over n seeds" if seeded else None, title_fontsize=8)
     return _png(fig)
 
 
@@ -72,19 +99,22 @@ def variance_ratio_plot(records: list[dict], title: str) -> bytes | None:
     if not rows:
         return None
     ratio = rows[0]["ratio"]
-    fig, ax = plt.subplots(figsize=(7.2, 4.2))
+    by_variant: dict[str, list[list[float]]] = defaultdict(list)  # per variant, one list of layer ratios per seed
     for r in rows:
-        if r["ratio"] != ratio:
-            continue
-        values = [layer["ratio"] for layer in r["variance_ratio"]]
-        ax.plot(range(1, len(values) + 1), values, STYLE.get(r["method"], "-o"), markersize=3,
-                label=_label(f"{r['method']}:{r['correction']}"))
+        if r["ratio"] == ratio:
+            by_variant[f"{r['method']}:{r['correction']}"].append([layer["ratio"] for layer in r["variance_ratio"]])
+    seeded = any(len(runs) > 1 for runs in by_variant.values())
+    fig, ax = plt.subplots(figsize=(7.2, 4.2))
+    for variant, runs in by_variant.items():
+        stats = [seed_stats(layer) for layer in zip(*runs, strict=True)]  # per layer, over seeds
+        _plot(ax, list(range(1, len(stats) + 1)), stats, STYLE.get(variant.split(":")[0], "-o"),
+              _seeds_label(_label(variant), stats, seeded), seeded, markersize=3)
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_yscale("log")
     ax.set(xlabel="layer (BatchNorm / BN-free layer output, forward order)", ylabel="mean Var(compressed)/Var(orig)",
            title=f"{title}: per-layer variance ratio, channel ratio {ratio:g}")
     ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, ncol=2, title="mean ± std over n seeds" if seeded else None, title_fontsize=8)
     return _png(fig)
 
 
