@@ -477,7 +477,9 @@ def kmeans(x, k: int, *, key: jax.Array, n_init: int = 10, max_iter: int = 300, 
     """Cluster the rows of ``x`` (n, d) into k clusters; best of ``n_init`` greedy-k-means++/Lloyd restarts.
 
     ``gram``: True or None runs on G = X Xᵀ (the fast path), False on x directly (same results; kept for checking).
-    Same key → identical labels. Call outside ``jit``: the inputs are validated on the host.
+    Same key, inputs, machine type and jax/XLA build → bit-identical labels; across CPU types XLA may sum in another
+    order, which can flip near-ties (README, "What reproduces exactly"). Call outside ``jit``: the inputs are
+    validated on the host.
     """
     x, labels, n_iter = _cluster(x, k, key, n_init, max_iter, tol, gram)
     n = x.shape[0]

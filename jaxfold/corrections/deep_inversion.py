@@ -15,8 +15,10 @@ differences over the whole batch, and the loss is on the jittered batch. Images 
 input space (what it consumes), so they can be fed straight to REPAIR.
 
 Each step is one jitted call (compiled once per model config and structural options; reused across keys,
-variables, step counts and weights) and the result is deterministic for a key. :func:`cached_synthesize` stores
-the batch on disk, so a sweep generates it once per model and reuses it across sparsities.
+variables, step counts and weights) and the result is bit-identical for a key on one machine type and jax/XLA
+build (across CPU types the float rounding may differ: README, "What reproduces exactly").
+:func:`cached_synthesize` stores the batch on disk, so a sweep generates it once per model and reuses it across
+sparsities.
 """
 
 from __future__ import annotations
@@ -268,8 +270,8 @@ def synthesize(model_config: Any, variables: dict[str, Any], key: jax.Array,
                progress: bool = False) -> np.ndarray:
     """One DeepInversion batch ``(batch_size, *input_shape)`` float32 in the model's normalised input space.
 
-    Pure and deterministic for ``key`` (init, targets, jitter and flips all come from it); silent unless
-    ``progress`` (a tqdm bar).
+    Pure, and bit-identical for a ``key`` (init, targets, jitter and flips all come from it) on one machine type
+    and jax/XLA build; silent unless ``progress`` (a tqdm bar).
     """
     return synthesize_with_history(model_config, variables, key, options, progress)[0]
 

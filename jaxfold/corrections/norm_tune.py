@@ -14,7 +14,8 @@ residual stream's channels the compression distorted. Two objectives:
 Adam on the scales alone (a float32 master copy; the model's dtype in the forward pass), linear warm-up then cosine
 decay, one jitted step driven from Python (the frozen weights are an argument without a gradient, so only the
 scales' gradients and Adam moments exist). Batches are drawn epoch by epoch in an order shuffled by the key, so
-the result is deterministic per key.
+the result is a function of the key: bit-identical for it on one machine type and jax/XLA build, within float
+rounding across CPU types (README, "What reproduces exactly").
 """
 
 from __future__ import annotations
@@ -273,8 +274,9 @@ def tune_norms(config: Any, variables: Mapping[str, Any], windows: Iterable[Any]
     """New ``variables`` of the LLaMA ``config`` whose RMSNorm scales were fine-tuned on ``windows`` (a (N, T)
     int array or an iterable of (B, T) batches of token ids); every other leaf is the input's own object.
 
-    ``loss="distill"`` needs ``teacher=(dense_config, dense_variables)``; ``loss="lm"`` ignores it. Pure and
-    deterministic for ``key`` (it only orders the batches); a tqdm bar unless ``progress=False``."""
+    ``loss="distill"`` needs ``teacher=(dense_config, dense_variables)``; ``loss="lm"`` ignores it. Pure, and
+    bit-identical for a ``key`` (it only orders the batches) on one machine type and jax/XLA build; a tqdm bar
+    unless ``progress=False``."""
     options = NormTuneOptions(steps=steps, lr=lr, batch_size=batch_size, loss=loss, warmup=warmup)
     return tune_norms_with_history(config, variables, windows, key, options, teacher=teacher, progress=progress)[0]
 

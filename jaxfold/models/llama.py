@@ -483,7 +483,8 @@ def sample(config: LlamaConfig, variables: Any, prompt_ids: Sequence[int] | np.n
     nucleus instead of taking the most likely one (same KV-cache decoding, same output and stopping rules).
 
     ``key`` is one PRNG key (row b of a batch then uses ``fold_in(key, b)``) or one key per row, shape (B,): a
-    row's tokens depend only on its key and prompt, not on the batch around it. Deterministic for the keys.
+    row's tokens depend only on its key and prompt, not on the batch around it. Bit-identical for the keys on one
+    machine type and jax/XLA build (across CPU types logits may round differently and flip a near-tied draw).
     ``temperature=0`` is greedy decoding (exactly :func:`generate`); ``top_p=1`` samples the full distribution.
     """
     if not (isinstance(temperature, int | float | np.number) and np.isfinite(temperature) and temperature >= 0):
