@@ -63,6 +63,16 @@ def _cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _cmd_merge(args: argparse.Namespace, overrides: list[str]) -> int:
+    from jaxfold import config as config_lib
+    from jaxfold.merge_run import RESULTS, run_merge, summary
+
+    results = run_merge(config_lib.load_with_overrides(args.config, overrides), args.workdir)
+    print(summary(results))
+    print(json.dumps({"results": str(Path(args.workdir, RESULTS)), "workdir": args.workdir}))
+    return 0
+
+
 def _cmd_ppl(args: argparse.Namespace) -> int:
     from jaxfold.data import text
     from jaxfold.eval.perplexity import perplexity
@@ -135,6 +145,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workdir", required=True, help="results.jsonl, manifest.json, summary.md go here")
     sweep.add_argument("--shard", default="0/1", help="i/n: run every n-th point starting at i (parallel workers)")
 
+    merge = sub.add_parser("merge", help="merge two trained models into one (weight matching, ZipIt!, folding; "
+                           "+REPAIR) by the config's `merge` section, endpoints trained and cached first")
+    merge.add_argument("--config", required=True, help="configs/<name>.py[:arg], e.g. configs/merge_fmnist.py")
+    merge.add_argument("--workdir", required=True, help="endpoints/ (trained checkpoints) and results.json go here")
+
     ppl = sub.add_parser("ppl", help="perplexity of a language model on a text (Wanda's protocol); one JSON line")
     ppl.add_argument("--model", required=True, help="smollm2 | FILE.gguf | HF checkpoint dir | jaxfold checkpoint")
     ppl.add_argument("--text", required=True,
@@ -166,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command in ("train", "fold", "eval", "sweep", "ppl"):
+    if args.command in ("train", "fold", "eval", "sweep", "ppl", "merge"):
         from jaxfold import compile_cache
 
         compile_cache.enable()
@@ -177,6 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_fold(args, _split_overrides(extra, parser))
         if args.command == "sweep":
             return _cmd_sweep(args, _split_overrides(extra, parser))
+        if args.command == "merge":
+            return _cmd_merge(args, _split_overrides(extra, parser))
         if args.command == "import":
             return _cmd_import_torch(args, _split_overrides(extra, parser))
         if extra:

@@ -7,6 +7,7 @@ continues from it. The final model goes to ``W/checkpoint`` (restorable with :fu
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -34,8 +35,18 @@ def model_config(config: ml_collections.ConfigDict) -> models.ModelConfig:
 
 
 def load_data(config: ml_collections.ConfigDict) -> image_data.ImageDataset:
-    """The dataset a config's ``data`` section names (``path`` "" means none given)."""
-    return image_data.load(config.data.name, config.data.get("path") or None, config.data.get("image_size", 224))
+    """The dataset a config's ``data`` section names (``path`` "" means none given). ``classes`` (optional, a
+    tuple of labels; empty: all) keeps only those classes' train and test images, the class count unchanged: a
+    model of one task of a label split, its other classes never targets (configs/merge_fmnist.py)."""
+    data = image_data.load(config.data.name, config.data.get("path") or None, config.data.get("image_size", 224))
+    classes = tuple(config.data.get("classes", None) or ())
+    if not classes:
+        return data
+    if not all(isinstance(c, int) and 0 <= c < data.num_classes for c in classes):
+        raise UserError(f"data.classes must be labels in [0, {data.num_classes}), got {classes}")
+    train, test = np.isin(data.train_labels, classes), np.isin(data.test_labels, classes)
+    return dataclasses.replace(data, train_images=data.train_images[train], train_labels=data.train_labels[train],
+                               test_images=data.test_images[test], test_labels=data.test_labels[test])
 
 
 def make_optimizer(cfg: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.GradientTransformation:

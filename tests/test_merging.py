@@ -1,0 +1,196 @@
+"""Model merging (jaxfold/merging.py): the stacked network is the ensemble exactly; weight matching recovers a
+permuted copy exactly; folding, weight matching and ZipIt! merge a model with (a permuted copy of) itself back
+into its own function; the experiment runner end to end on a tiny dataset."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jaxfold import merge_run, merging, models
+from jaxfold import tree as tree_lib
+from jaxfold.errors import UserError
+from jaxfold.merge import permute_group
+
+# the MLP of the end-to-end test (configs/merge_fmnist.py on the tiny CIFAR-10 directory): k-means compiles once
+MLP = models.mlp(in_channels=3, num_classes=10, image_size=32, width=0.03125)
+RESNET = models.resnet18(in_channels=1, num_classes=4, width=0.0625, image_size=8)
+VGG = models.vgg11_bn("imagenet", in_channels=1, num_classes=4, width=0.03125, image_size=8)  # interleaved members
+
+
+def _permuted(cfg, variables, seed):
+    """``variables`` with every group's channels randomly permuted: the same function."""
+    rng = np.random.default_rng(seed)
+    spec = cfg.fold_spec()
+    for group, n in spec.widths(variables).items():
+        variables = permute_group(variables, spec.group(group), rng.permutation(n))
+    return variables
+
+
+def _random(cfg, seed=0):
+    """Random variables from the config's shapes alone (no initialiser to compile): kernels N(0, 1/fan-in), other
+    parameters and BN statistics spread around their usual values, so a mis-merged vector shows."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        shape = leaf.shape
+        if path.endswith("kernel"):
+            return rng.normal(0, 1 / np.sqrt(np.prod(shape[:-1])), shape)
+        if path.endswith("var"):
+            return rng.uniform(0.5, 2.0, shape)
+        return (1.0 if path.endswith("scale") else 0.0) + rng.normal(0, 0.2, shape)
+
+    return tree_lib.map_with_path(lambda p, x: draw(p, x).astype(np.float32), cfg.abstract_variables())
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """``pair(cfg)``: (a, b), two different models of ``cfg`` — b is a permuted copy of a with every weight scaled
+    by a random factor in [0.5, 1.5]."""
+    cache = {}
+
+    def pair(cfg):
+        if cfg not in cache:
+            a = _random(cfg)
+            rng = np.random.default_rng(1)
+            b = tree_lib.map_with_path(lambda p, x: np.asarray(x) * rng.uniform(0.5, 1.5, np.shape(x)).astype(
+                np.float32), _permuted(cfg, a, 2))
+            cache[cfg] = a, b
+        return cache[cfg]
+
+    return pair
+
+
+def _pair_identical_rows(x, k, key):
+    """A clusterer for duplicated channels: each distinct row (exact) is one cluster."""
+    _, labels = np.unique(np.asarray(x), axis=0, return_inverse=True)
+    assert labels.max() + 1 == k
+    return labels.reshape(-1)
+
+
+@pytest.mark.parametrize("cfg", [MLP, RESNET, VGG], ids=["mlp", "resnet18", "vgg11"])
+def test_stacked_network_computes_the_average_of_the_two_models(cfg, pair, logits, assert_same_function):
+    a, b = pair(cfg)
+    stacked_cfg, stacked = merging.ensemble(cfg, a, b)
+    assert stacked_cfg.fold_spec().widths(stacked) == {g: 2 * n for g, n in cfg.fold_spec().widths(a).items()}
+    assert_same_function(logits(stacked_cfg, stacked), (logits(cfg, a) + logits(cfg, b)) / 2, "stacked")
+
+
+@pytest.mark.parametrize("cfg", [MLP, RESNET], ids=["mlp", "resnet18"])
+def test_weight_matching_recovers_a_permuted_copy_exactly(cfg, pair, logits, assert_same_function):
+    a, _ = pair(cfg)
+    matching = merging.weight_matching(a, _permuted(cfg, a, 3), cfg.fold_spec(), jax.random.key(0))
+    flat_a, flat_m = tree_lib.flatten(a), tree_lib.flatten(matching.variables)
+    assert all(np.array_equal(np.asarray(flat_a[p]), flat_m[p]) for p in flat_a)
+    merged = merging.merge_by_weight_matching(a, _permuted(cfg, a, 3), cfg.fold_spec(), jax.random.key(0))
+    assert_same_function(logits(cfg, merged.variables), logits(cfg, a), "weight-matched merge")
+    assert all(g["inertia"] == 0.0 for g in merged.report["groups"])
+
+
+def test_weight_matching_merge_is_the_average_of_a_and_the_aligned_b(pair):
+    a, b = pair(MLP)
+    spec = MLP.fold_spec()
+    aligned = merging.weight_matching(a, b, spec, jax.random.key(0)).variables
+    merged = merging.merge_by_weight_matching(a, b, spec, jax.random.key(0))
+    flat_a, flat_b, flat_m = (tree_lib.flatten(v) for v in (a, aligned, merged.variables))
+    for p in flat_a:
+        np.testing.assert_allclose(flat_m[p], (np.asarray(flat_a[p]) + flat_b[p]) / 2, rtol=1e-6, atol=1e-6,
+                                   err_msg=p)
+    assert merged.report["sweeps"] >= 1
+    assert all(g["mixed_clusters"] == g["k"] for g in merged.report["groups"])  # one channel of each model
+
+
+@pytest.mark.parametrize("cfg", [MLP, RESNET], ids=["mlp (k-means)", "resnet18"])
+def test_folding_a_model_with_itself_gives_it_back(cfg, pair, logits, assert_same_function):
+    a, _ = pair(cfg)
+    # k-means on the MLP; on ResNet18 (12 group shapes to compile k-means for) a clusterer pairing equal rows
+    clusterer = "kmeans" if cfg is MLP else _pair_identical_rows
+    merged = merging.merge_by_folding(a, a, cfg.fold_spec(), jax.random.key(0), clusterer=clusterer, n_init=2)
+    assert tree_lib.compare(a, merged.variables) == []
+    assert_same_function(logits(cfg, merged.variables), logits(cfg, a), "folded with itself")
+    assert all(g["inertia"] == 0.0 and g["mixed_clusters"] == g["k"] for g in merged.report["groups"])
+
+
+def test_zipit_of_a_model_and_its_permuted_copy_gives_it_back(pair, logits, assert_same_function):
+    a, _ = pair(MLP)
+    x = np.asarray(jax.random.normal(jax.random.key(5), (64, *MLP.input_shape)))
+    module = MLP.module()
+    merged = merging.merge_by_zipit(a, _permuted(MLP, a, 4), MLP.fold_spec(),
+                                    lambda v, inp: module.apply(v, inp, train=False), lambda: iter([x[:32], x[32:]]))
+    assert_same_function(logits(MLP, merged.variables), logits(MLP, a), "zipit with a permuted copy")
+
+
+def test_greedy_pairs_take_the_most_correlated_free_pair_first():
+    corr = np.array([[1.0, 0.9, 0.8, 0.1],
+                     [0.9, 1.0, 0.95, 0.2],
+                     [0.8, 0.95, 1.0, 0.3],
+                     [0.1, 0.2, 0.3, 1.0]])
+    labels = merging.greedy_pairs(corr)
+    assert labels.tolist() == [1, 0, 0, 1]  # (1, 2) first, then the rest pair up: (0, 3)
+
+
+def test_merging_refuses_models_of_different_widths(pair):
+    a, _ = pair(MLP)
+    b = tree_lib.map_with_path(lambda p, x: x[:10] if p.startswith("params/fc1") else x, a)  # 16 → 10 wide
+    with pytest.raises(UserError, match="differ in structure"):
+        merging.merge_by_folding(a, b, MLP.fold_spec(), jax.random.key(0))
+    with pytest.raises(UserError, match="unknown merge method"):
+        merging.merge_models(MLP, a, a, "average", jax.random.key(0), repair=False)
+    with pytest.raises(UserError, match="needs data"):
+        merging.merge_models(MLP, a, a, "zipit", jax.random.key(0), repair=False)
+
+
+def test_merge_models_repairs_the_batchnorm_statistics(pair):
+    a, b = pair(MLP)
+    x = np.asarray(jax.random.normal(jax.random.key(5), (32, *MLP.input_shape)))
+    for method in merging.METHODS:
+        plain = merging.merge_models(MLP, a, b, method, jax.random.key(0), data=lambda: iter([x]), repair=False,
+                                     n_init=2)
+        fixed = merging.merge_models(MLP, a, b, method, jax.random.key(0), data=lambda: iter([x]), n_init=2)
+        assert tree_lib.compare(a, fixed.variables) == []
+        np.testing.assert_array_equal(fixed.variables["params"]["fc1"]["kernel"],
+                                      plain.variables["params"]["fc1"]["kernel"])
+        h = np.asarray(x).reshape(32, -1) @ fixed.variables["params"]["fc0"]["kernel"] \
+            + fixed.variables["params"]["fc0"]["bias"]
+        np.testing.assert_allclose(fixed.variables["batch_stats"]["bn0"]["mean"], h.mean(0), rtol=1e-4, atol=1e-4)
+        assert fixed.report["repair"] and fixed.report["method"] == method
+
+
+def test_merge_experiment_end_to_end_and_cached(cifar_dir, tmp_path, monkeypatch, capsys):
+    from jaxfold import config as config_lib
+    from jaxfold.cli import main
+
+    overrides = ["--config.data.name=cifar10", f"--config.data.path={cifar_dir}", "--config.model.in_channels=3",
+                 "--config.model.image_size=32", "--config.model.width=0.03125", "--config.train.epochs=1",
+                 "--config.train.batch_size=16", "--config.merge.n_init=2", "--config.merge.repair_examples=48",
+                 "--config.merge.settings=split"]  # the same-task setting is the split's code with every class
+    args = ["merge", "--config", "configs/merge_fmnist.py", "--workdir", str(tmp_path / "w"), *overrides]
+    assert main(args) == 0
+    results = json.loads((tmp_path / "w" / "results.json").read_text())
+    rows = results["settings"]["split"]["results"]
+    assert set(rows) == {"model_a", "model_b", "ensemble", *merging.METHODS}
+    assert all(0.0 <= rows[m]["accuracy"] <= 1.0 and 0.0 <= rows[m]["accuracy_no_repair"] <= 1.0
+               for m in merging.METHODS)
+    assert "accuracy_task_a" in rows["folding"]
+    assert results["settings"]["split"]["classes"] == {"a": [0, 1, 2, 3, 4], "b": [5, 6, 7, 8, 9]}
+    assert "| split |" in capsys.readouterr().out
+
+    def no_training(*_args, **_kwargs):
+        raise AssertionError("the endpoints are cached: nothing should train again")
+
+    monkeypatch.setattr("jaxfold.train.train", no_training)
+    config = config_lib.load_with_overrides("configs/merge_fmnist.py", [*overrides, "--config.merge.methods=zipit"])
+    again = merge_run.run_merge(config, tmp_path / "w")
+    assert again["settings"]["split"]["results"]["model_a"] == results["settings"]["split"]["results"]["model_a"]
+
+
+def test_merge_config_mistakes_are_user_errors():
+    from jaxfold import config as config_lib
+
+    for override, message in [("--config.merge.methods=average", "unknown merge methods"),
+                              ("--config.merge.settings=mixed", "unknown merge settings"),
+                              ("--config.merge.split=((0, 1), (1, 2))", "disjoint")]:
+        config = config_lib.load_with_overrides("configs/merge_fmnist.py", [override])
+        with pytest.raises(UserError, match=message):
+            merge_run.check_merge_config(config)
