@@ -1,9 +1,9 @@
 """jaxfold: data-free, fine-tuning-free model folding in JAX/Flax.
 
 Layers (each imports only those above it): tree, files, paths, errors → layout → measure → kmeans → spec →
-clustering → plans → placement → merge → reports → folding → trace → batch_stats → corrections → models → data →
-io → eval → compress → baselines → diagnostics → train → fold_run → sweep → cli. The public API below is pure:
-pytrees in, new pytrees out, explicit PRNG keys.
+clustering → plans → placement → merge → reports → result → folding → trace → batch_stats → corrections → models →
+data → io → eval → compress → baselines → diagnostics → train → fold_run → sweep → cli. The public API below is
+pure: pytrees in, new pytrees out, explicit PRNG keys; every compression returns one :class:`Compressed`.
 """
 
 __version__ = "0.1.0"
@@ -14,10 +14,12 @@ from jaxfold.diagnostics import variance_ratios
 from jaxfold.folding import FoldResult, fold
 from jaxfold.kmeans import KMeansResult, kmeans
 from jaxfold.merge import duplicate_channels, permute_group
+from jaxfold.result import Compressed, CompressionReport, GroupReport
 from jaxfold.spec import FoldSpec, Group, Member
 from jaxfold.trace import TracedFold, TraceError, derive_spec, fold_nnx, fold_traced
 
-__all__ = ["CORRECTIONS", "CompressedModel", "FoldResult", "FoldSpec", "FoldedModel", "Group", "KMeansResult",
-           "Member", "TraceError", "TracedFold", "__version__", "correct", "derive_spec", "duplicate_channels", "fold",
-           "fold_model", "fold_nnx", "fold_traced", "kmeans", "permute_group", "register_correction",
-           "variance_ratios"]
+# CompressedModel, FoldedModel, FoldResult and TracedFold: former names of Compressed, kept importable
+__all__ = ["CORRECTIONS", "Compressed", "CompressedModel", "CompressionReport", "FoldResult", "FoldSpec",
+           "FoldedModel", "Group", "GroupReport", "KMeansResult", "Member", "TraceError", "TracedFold", "__version__",
+           "correct", "derive_spec", "duplicate_channels", "fold", "fold_model", "fold_nnx", "fold_traced", "kmeans",
+           "permute_group", "register_correction", "variance_ratios"]

@@ -2,12 +2,11 @@
 (:mod:`jaxfold.folding`), the variance corrections (:mod:`jaxfold.corrections`) and the model zoo — fold with the
 architecture's spec, correct, rebuild the config at the new widths, check the analytic size against the real
 arrays, and report FLOPs before and after. Baselines (:mod:`jaxfold.baselines`) return the same
-:class:`CompressedModel` through :func:`rebuild`.
+:class:`~jaxfold.result.Compressed` (with its ``config``) through :func:`rebuild`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any
 
@@ -18,35 +17,17 @@ from jaxfold import measure
 from jaxfold import tree as tree_lib
 from jaxfold.clustering import Clusterer
 from jaxfold.corrections import Batches, Correction, CorrectionContext, get_correction
+from jaxfold.errors import UserError
 from jaxfold.folding import fold
 from jaxfold.models.base import ModelConfig
 from jaxfold.plans import Plan
+from jaxfold.result import Compressed, CompressionReport
 
-
-@dataclasses.dataclass(frozen=True)
-class CompressedModel:
-    """A smaller model: its rebuilt config, variables, a report, and per group where every original channel went
-    (``channel_map[g][i]`` = new channel of original channel i, -1 if it was removed)."""
-
-    config: ModelConfig
-    variables: dict[str, Any]
-    report: dict[str, Any]
-    channel_map: dict[str, np.ndarray]
-
-    @property
-    def labels(self) -> dict[str, np.ndarray]:  # folding's name for the channel map
-        return self.channel_map
-
-    def config_widths(self) -> dict[str, int]:
-        """The compressed width of every group."""
-        return self.config.fold_spec().widths(self.variables)
-
-
-FoldedModel = CompressedModel
+CompressedModel = FoldedModel = Compressed  # the former names of a compressed zoo model, kept importable
 
 
 def rebuild(model_config: ModelConfig, variables: dict[str, Any], widths: dict[str, int],
-            channel_map: dict[str, np.ndarray], report: dict[str, Any]) -> CompressedModel:
+            channel_map: dict[str, np.ndarray], report: CompressionReport) -> Compressed:
     """Rebuild the config at ``widths``, check the arrays match it exactly, and add size/FLOPs to the report: the
     config's analytic counts, or for an architecture without them the measured ones (:func:`measure.config_counts`;
     ``flops_counted`` says which)."""
@@ -54,7 +35,7 @@ def rebuild(model_config: ModelConfig, variables: dict[str, Any], widths: dict[s
     problems = tree_lib.compare(new_config.abstract_variables(), variables)
     if problems:  # a spec whose config_fields disagree with the module: a bug in the architecture's spec
         raise AssertionError(f"{model_config.arch}: compressed arrays do not match the rebuilt config: {problems[:5]}")
-    report = dict(report)
+    report = dict(report)  # a new plain dict: the caller's report is untouched
     # analytic counts where the architecture has them, else measured from its (abstract) forward pass
     before, rebuilt = measure.config_counts(model_config), measure.config_counts(new_config)
     after = measure.param_count(variables)
@@ -63,13 +44,14 @@ def rebuild(model_config: ModelConfig, variables: dict[str, Any], widths: dict[s
                   param_sparsity=1.0 - after / before["params"],
                   flops_before=before["flops"], flops_after=rebuilt["flops"], flops_counted=rebuilt["flops_counted"])
     report["flops_reduction"] = 1.0 - report["flops_after"] / report["flops_before"]
-    return CompressedModel(new_config, variables, report, channel_map)
+    return Compressed(variables=variables, widths=dict(widths), channel_map=channel_map, report=report,
+                      config=new_config)
 
 
 def fold_model(model_config: ModelConfig, variables: dict[str, Any], plan: Plan, key: jax.Array, *,
                correction: str | Correction = "none", data: Batches | None = None,
                correction_options: dict[str, Any] | None = None, clusterer: str | Clusterer = "kmeans",
-               n_init: int = 10, max_iter: int = 300) -> CompressedModel:
+               n_init: int = 10, max_iter: int = 300) -> Compressed:
     """Fold ``variables`` of ``model_config`` with its fold spec and a variance correction (by name: 'none',
     'repair', 'fold_ar', 'fold_dir', or a registered one); returns the rebuilt smaller model.
 
@@ -87,19 +69,22 @@ def fold_model(model_config: ModelConfig, variables: dict[str, Any], plan: Plan,
     result = fold(prepared, spec, plan, key_fold, clusterer=clusterer, n_init=n_init, max_iter=max_iter,
                   cluster_on=cluster_on[0] if cluster_on else None)
     report = dict(result.report, fold_seconds=round(time.perf_counter() - t0, 4))
-    folded = rebuild(model_config, result.variables, result.widths, result.labels, report)
+    folded = rebuild(model_config, result.variables, result.widths, result.channel_map, report)
     return correct(model_config, variables, folded, fix, key=key_fix, data=data, options=correction_options,
                    prepared=prepared, spec=spec)
 
 
-def correct(model_config: ModelConfig, variables: dict[str, Any], compressed: CompressedModel,
+def correct(model_config: ModelConfig, variables: dict[str, Any], compressed: Compressed,
             correction: str | Correction, *, key: jax.Array | None = None, data: Batches | None = None,
             options: dict[str, Any] | None = None, prepared: dict[str, Any] | None = None,
-            spec: Any = None) -> CompressedModel:
+            spec: Any = None) -> Compressed:
     """Apply a correction to an already compressed model (a Fold-Naive fold, or a pruned model): fold once, try
     several corrections. A correction that changes what is clustered (``prepare``, e.g. fold_ar) must go through
     :func:`fold_model` instead."""
     fix = get_correction(correction)
+    if compressed.config is None:
+        raise UserError("correct needs a compressed zoo model (from fold_model, rebuild or a baseline's *_model); "
+                        "a traced model is corrected by fold_traced(..., correction=...)")
     if fix.prepare is not None and prepared is None:
         raise ValueError(f"correction {fix.name!r} changes what is clustered; use fold_model(..., "
                          f"correction={fix.name!r}) rather than correcting a finished fold")

@@ -1,15 +1,15 @@
 """Folding: cluster every group's channels on their weights, then merge each cluster into one channel.
 
-Pure: ``fold(variables, spec, plan, key)`` returns new variables (arrays of the new widths), the widths, the
-cluster labels and a report; the input is not modified. All clusterings are computed from the original weights
-first, then all merges are applied (the official code's single pass; groups act on disjoint axes, so the merge
-order does not matter). The merge is Fold-Naive: producers, per-channel vectors and running statistics are
-averaged within a cluster, consumers summed. Variance corrections are separate, pluggable steps.
+Pure: ``fold(variables, spec, plan, key)`` returns a :class:`~jaxfold.result.Compressed`: new variables (arrays
+of the new widths), the widths, the cluster labels (its ``channel_map``) and a report; the input is not
+modified. All clusterings are computed from the original weights first, then all merges are applied (the
+official code's single pass; groups act on disjoint axes, so the merge order does not matter). The merge is
+Fold-Naive: producers, per-channel vectors and running statistics are averaged within a cluster, consumers summed.
+Variance corrections are separate, pluggable steps.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -24,6 +24,7 @@ from jaxfold.merge import group_features, merge_group
 from jaxfold.placement import array_module, on_host, placed_like
 from jaxfold.plans import Plan, resolve_plan
 from jaxfold.reports import group_inertia, size_report, unchanged_group_report
+from jaxfold.result import Compressed, CompressionReport, GroupReport
 from jaxfold.spec import FoldSpec, Group
 
 
@@ -60,12 +61,7 @@ def checked_inputs(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan,
     return flat, widths, resolve_plan(plan, widths)
 
 
-@dataclasses.dataclass(frozen=True)
-class FoldResult:
-    variables: dict[str, Any]
-    widths: dict[str, int]  # new width per group
-    labels: dict[str, np.ndarray]  # cluster of every original channel, per group
-    report: dict[str, Any]
+FoldResult = Compressed  # the former name of folding's result, kept importable
 
 
 # (features (n, d), the group, the flat variables the features came from, k, group index) -> labels (n,)
@@ -74,7 +70,7 @@ Partition = Callable[[Any, Group, Mapping[str, Any], int, int], Any]
 
 def fold_with_partition(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, partition: Partition, *,
                         check: bool = True, cluster_on: tuple[Mapping[str, Any], FoldSpec] | None = None
-                        ) -> FoldResult:
+                        ) -> Compressed:
     """The folding pipeline for any way of partitioning a group's channels (k-means, IFM, …): checked inputs, one
     partition per group from the original weights, labels validated, every merge, the report. Groups whose k
     equals their width are left exactly as they are (the k = n identity). ``cluster_on`` = (variables, spec)
@@ -90,7 +86,7 @@ def fold_with_partition(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan
             raise ValueError("cluster_on variables have other group widths than the variables being folded")
 
     labels: dict[str, np.ndarray] = {}
-    reports: dict[str, dict[str, Any]] = {}
+    reports: dict[str, GroupReport] = {}
 
     def collect(name: str, n: int, k: int, x: Any, raw: Any, own_seconds: float) -> None:
         t0 = time.perf_counter()
@@ -134,14 +130,14 @@ def fold_with_partition(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan
         if k != n:
             new_flat = merge_group(new_flat, group, labels[group.name], n, k)
     new_variables = placed_like(variables, new_flat, flat)
-    report = {"groups": groups_report, **size_report(variables, new_variables),
-              "seconds": round(time.perf_counter() - t_start, 4)}
-    return FoldResult(new_variables, ks, labels, report)
+    report: CompressionReport = {"groups": groups_report, **size_report(variables, new_variables),
+                                 "seconds": round(time.perf_counter() - t_start, 4)}
+    return Compressed(variables=new_variables, widths=ks, channel_map=labels, report=report)
 
 
 def fold(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, key: jax.Array, *,
          clusterer: str | Clusterer = "kmeans", n_init: int = 10, max_iter: int = 300,
-         check: bool = True, cluster_on: tuple[Mapping[str, Any], FoldSpec] | None = None) -> FoldResult:
+         check: bool = True, cluster_on: tuple[Mapping[str, Any], FoldSpec] | None = None) -> Compressed:
     """Fold ``variables`` (``{'params': …, 'batch_stats': …}``) to the widths ``plan`` asks for.
 
     ``clusterer`` is 'kmeans' (default), 'ward', or any function (features, k, key) -> labels; group i clusters

@@ -1,4 +1,4 @@
-"""Baselines folding is compared against, returning the same :class:`jaxfold.compress.CompressedModel`:
+"""Baselines folding is compared against, returning the same :class:`jaxfold.result.Compressed` as folding:
 structured magnitude pruning (SP-L1, SP-L2: remove the weakest channels), IFM (greedy pairwise merging) and
 Wanda-sp (|W|·‖x‖ with calibration data; needs data, so it is not in ``BASELINES``).
 
@@ -14,9 +14,9 @@ from typing import Any
 from jaxfold.baselines.ifm import consumer_columns, ifm, ifm_labels, ifm_model
 from jaxfold.baselines.pruning import PruneResult, channel_scores, keep_top, prune, prune_model
 from jaxfold.baselines.wanda import consumer_input_norms, wanda_scores, wanda_sp_model
-from jaxfold.compress import CompressedModel
+from jaxfold.result import Compressed
 
-Baseline = Callable[[Any, dict[str, Any], Any], CompressedModel]  # (model_config, variables, plan)
+Baseline = Callable[[Any, dict[str, Any], Any], Compressed]  # (model_config, variables, plan)
 
 BASELINES: dict[str, Baseline] = {
     "sp_l1": functools.partial(prune_model, norm=1),

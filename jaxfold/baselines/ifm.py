@@ -15,17 +15,17 @@ merged unit is recomputed from them; one merge costs O(n²) for the argmin, n = 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from jaxfold.compress import CompressedModel, rebuild
-from jaxfold.folding import FoldResult, fold_with_partition
+from jaxfold.compress import rebuild
+from jaxfold.folding import fold_with_partition
 from jaxfold.kmeans import check_k
 from jaxfold.models.base import ModelConfig
 from jaxfold.plans import Plan
+from jaxfold.result import Compressed
 from jaxfold.spec import FoldSpec, Group
 
 
@@ -79,7 +79,7 @@ def ifm_labels(x: Any, consumer: Any, k: int) -> np.ndarray:
     return np.searchsorted(np.flatnonzero(size), owner)
 
 
-def ifm(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, *, check: bool = True) -> FoldResult:
+def ifm(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, *, check: bool = True) -> Compressed:
     """Fold ``variables`` with IFM clusterings instead of k-means; same plan, merge and result as
     :func:`jaxfold.folding.fold` (the report's inertia is the k-means objective of IFM's partition, for comparison).
 
@@ -90,10 +90,10 @@ def ifm(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, *, check: bool
         return ifm_labels(np.asarray(x, np.float64), consumer_columns(flat, group, n), k)
 
     result = fold_with_partition(variables, spec, plan, partition, check=check)
-    return dataclasses.replace(result, report={"method": "ifm", **result.report})
+    return result.replace(report={"method": "ifm", **result.report})
 
 
-def ifm_model(model_config: ModelConfig, variables: dict[str, Any], plan: Plan) -> CompressedModel:
+def ifm_model(model_config: ModelConfig, variables: dict[str, Any], plan: Plan) -> Compressed:
     """:func:`ifm` with the architecture's fold spec, rebuilt at the new widths (channel_map = IFM's labels)."""
     result = ifm(variables, model_config.fold_spec(), plan)
-    return rebuild(model_config, result.variables, result.widths, result.labels, result.report)
+    return rebuild(model_config, result.variables, result.widths, result.channel_map, result.report)

@@ -9,29 +9,23 @@ two are compared at equal parameter count and FLOPs. The plan means what it mean
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from jaxfold.compress import CompressedModel, rebuild
+from jaxfold.compress import rebuild
 from jaxfold.folding import checked_inputs
 from jaxfold.merge import group_features
 from jaxfold.models.base import ModelConfig
 from jaxfold.placement import placed_like
 from jaxfold.plans import Plan
 from jaxfold.reports import size_report
+from jaxfold.result import Compressed, CompressionReport, GroupReport
 from jaxfold.spec import FoldSpec, Group
 
-
-@dataclasses.dataclass(frozen=True)
-class PruneResult:
-    variables: dict[str, Any]
-    widths: dict[str, int]  # new width per group
-    channel_map: dict[str, np.ndarray]  # new index of every original channel, -1 if removed
-    report: dict[str, Any]
+PruneResult = Compressed  # the former name of pruning's result, kept importable
 
 
 def channel_scores(flat: Mapping[str, Any], group: Group, n: int, norm: int = 2) -> np.ndarray:
@@ -63,7 +57,7 @@ def take_channels(flat: Mapping[str, Any], group: Group, keep: np.ndarray, n: in
 
 
 def prune(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, *, norm: int = 2,
-          check: bool = True, scores: Mapping[str, np.ndarray] | None = None) -> PruneResult:
+          check: bool = True, scores: Mapping[str, np.ndarray] | None = None) -> Compressed:
     """Prune ``variables`` to the widths ``plan`` asks for, keeping the channels of largest L``norm`` feature norm
     (or of largest ``scores[group]`` when given, e.g. Wanda-sp's data-aware scores).
 
@@ -77,7 +71,7 @@ def prune(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, *, norm: int
     # all selections from the original weights first (as folding does), then all removals
     keeps: dict[str, np.ndarray] = {}
     channel_map: dict[str, np.ndarray] = {}
-    groups_report = []
+    groups_report: list[GroupReport] = []
     for group in spec.groups:
         n, k = widths[group.name], ks[group.name]
         t0 = time.perf_counter()
@@ -99,13 +93,14 @@ def prune(variables: Mapping[str, Any], spec: FoldSpec, plan: Plan, *, norm: int
         if k != n:
             new_flat = take_channels(new_flat, group, keeps[group.name], n)
     new_variables = placed_like(variables, new_flat, flat)
-    report = {"method": f"sp_l{norm}", "groups": groups_report, **size_report(variables, new_variables),
-              "seconds": round(time.perf_counter() - t_start, 4)}
-    return PruneResult(new_variables, ks, channel_map, report)
+    report: CompressionReport = {"method": f"sp_l{norm}", "groups": groups_report,
+                                 **size_report(variables, new_variables),
+                                 "seconds": round(time.perf_counter() - t_start, 4)}
+    return Compressed(variables=new_variables, widths=ks, channel_map=channel_map, report=report)
 
 
 def prune_model(model_config: ModelConfig, variables: dict[str, Any], plan: Plan, *,
-                norm: int = 2) -> CompressedModel:
+                norm: int = 2) -> Compressed:
     """:func:`prune` with the architecture's fold spec, rebuilt at the new widths (params/FLOPs in the report)."""
     result = prune(variables, model_config.fold_spec(), plan, norm=norm)
     return rebuild(model_config, result.variables, result.widths, result.channel_map, result.report)

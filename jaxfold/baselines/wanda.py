@@ -16,9 +16,10 @@ import numpy as np
 
 from jaxfold import tree as tree_lib
 from jaxfold.baselines.pruning import prune
-from jaxfold.compress import CompressedModel, rebuild
+from jaxfold.compress import rebuild
 from jaxfold.input_norms import ApplyFn, dense_input_norms, kernel_modules
 from jaxfold.plans import Plan
+from jaxfold.result import Compressed
 from jaxfold.spec import FoldSpec
 
 
@@ -46,7 +47,7 @@ def wanda_scores(variables: Mapping[str, Any], spec: FoldSpec, norms: Mapping[st
 
 
 def wanda_sp_model(model_config: Any, variables: dict[str, Any], plan: Plan, batches: Iterable[Any],
-                   apply_fn: ApplyFn) -> CompressedModel:
+                   apply_fn: ApplyFn) -> Compressed:
     """Wanda-sp at the widths ``plan`` asks for; ``batches`` are calibration inputs for ``apply_fn(variables, x)``."""
     spec = model_config.fold_spec()
     scores = wanda_scores(variables, spec, consumer_input_norms(apply_fn, variables, spec, batches))

@@ -44,6 +44,7 @@ import numpy as np
 from jaxfold import tree as tree_lib
 from jaxfold.errors import UserError
 from jaxfold.models.base import ModelConfig, register
+from jaxfold.result import Compressed, CompressionReport, GroupReport
 from jaxfold.spec import FoldSpec, Group, Member
 
 GQA_MODES = ("kv_groups", "within_groups")
@@ -566,17 +567,17 @@ def permute_heads_within_groups(cfg: LlamaConfig, variables: Mapping[str, Any], 
 
 
 def fold_within_groups(cfg: LlamaConfig, variables: Mapping[str, Any], plan: Any, key: jax.Array,
-                       **fold_options: Any) -> tuple[LlamaConfig, Any]:
+                       **fold_options: Any) -> tuple[LlamaConfig, Compressed]:
     """Fold with ``gqa="within_groups"``: in every GQA block, the query heads of each KV group are clustered and
     merged separately (features [q columns ‖ o rows] of a head; q averaged, o summed; K/V untouched), every group
     keeping the same k; MLPs (and the heads of MHA blocks) fold as in :func:`jaxfold.folding.fold`.
 
     ``plan`` is as for ``fold`` (a ratio, a {group: ratio} dict, or f(group, n) -> k); for a GQA block the group
     ``block{i}.attn`` has width n = Hq/Hkv (query heads per KV group). All clusterings use the original weights.
-    Returns ``(new_config, FoldResult)``; the result's ``labels["block{i}.attn"][h]`` is the new index of original
-    query head h. ``fold_options`` go to ``fold`` (clusterer, n_init, max_iter).
+    Returns ``(new_config, Compressed)``; the result's ``channel_map["block{i}.attn"][h]`` is the new index of
+    original query head h. ``fold_options`` go to ``fold`` (clusterer, n_init, max_iter).
     """
-    from jaxfold.folding import FoldResult, fold
+    from jaxfold.folding import fold
     from jaxfold.plans import resolve_plan
     from jaxfold.reports import size_report
 
@@ -586,7 +587,8 @@ def fold_within_groups(cfg: LlamaConfig, variables: Mapping[str, Any], plan: Any
     ks = resolve_plan(plan, widths)
     base = fold(variables, spec, lambda g, n: ks[g], key, **fold_options)
     flat = tree_lib.flatten(base.variables)
-    labels, reports, new_heads = dict(base.labels), list(base.report["groups"]), {}
+    labels, new_heads = dict(base.channel_map), {}
+    reports: list[GroupReport] = list(base.report["groups"])
     hd = cfg.head_dim
     for i in gqa_blocks:
         name, r, hkv, k = f"block{i}.attn", cfg.groups_per_kv(i), cfg.num_kv_heads[i], ks[f"block{i}.attn"]
@@ -606,7 +608,7 @@ def fold_within_groups(cfg: LlamaConfig, variables: Mapping[str, Any], plan: Any
                        **fold_options)
             qs.append(sub.variables["q"])
             os_.append(sub.variables["o"])
-            head_labels.append(j * k + sub.labels["heads"])
+            head_labels.append(j * k + sub.channel_map["heads"])
             inertia += sub.report["groups"][0]["inertia"]
             seconds += sub.report["groups"][0]["seconds"]
         xp = np if all(isinstance(x, np.ndarray) for x in qs + os_) else jnp
@@ -618,6 +620,7 @@ def fold_within_groups(cfg: LlamaConfig, variables: Mapping[str, Any], plan: Any
     new_cfg = cfg.with_widths(base.widths)
     if new_heads:
         new_cfg = new_cfg.replace(num_heads=[new_heads.get(i, h) for i, h in enumerate(new_cfg.num_heads)])
-    report = {**base.report, "groups": reports, **size_report(variables, new_variables)}
-    return new_cfg, FoldResult(new_variables, {**base.widths, **{f"block{i}.attn": ks[f"block{i}.attn"]
-                                                                for i in gqa_blocks}}, labels, report)
+    report: CompressionReport = {**base.report, "groups": reports, **size_report(variables, new_variables)}
+    new_widths = {**base.widths, **{f"block{i}.attn": ks[f"block{i}.attn"] for i in gqa_blocks}}
+    return new_cfg, Compressed(variables=new_variables, widths=new_widths, channel_map=labels, report=report,
+                               config=new_cfg)

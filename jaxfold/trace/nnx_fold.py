@@ -12,7 +12,6 @@ says why) and the result's ``apply_fn`` runs the folded model instead.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +21,8 @@ from flax import nnx
 
 from jaxfold import layout
 from jaxfold.plans import Plan
-from jaxfold.trace.traced_fold import TracedFold, fold_traced
+from jaxfold.result import Compressed
+from jaxfold.trace.traced_fold import fold_traced
 
 
 def _shape(variable: Any) -> tuple[int, ...]:
@@ -101,7 +101,7 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def fold_nnx(module: nnx.Module, plan: Plan, key: jax.Array, *example_args: Any, **fold_options: Any
-             ) -> TracedFold:
+             ) -> Compressed:
     """Fold an ``nnx.Module`` (untouched) and return the result with ``.module``, a new module at the new widths.
 
     ``fold_options`` are :func:`~jaxfold.trace.traced_fold.fold_traced`'s (rules, unfoldable, overrides, verify,
@@ -126,4 +126,4 @@ def fold_nnx(module: nnx.Module, plan: Plan, key: jax.Array, *example_args: Any,
     except Exception as e:  # a module that cannot even run at the new widths: the traced function still can
         new, note = None, (f"the rebuilt module failed at the new widths ({type(e).__name__}: {e}); use "
                            "result.apply_fn(result.variables, *args)")
-    return dataclasses.replace(result, module=new, module_note=note)
+    return result.replace(module=new, module_note=note)

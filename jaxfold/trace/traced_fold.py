@@ -1,5 +1,7 @@
 """``fold_traced``: fold any model given its apply function, variables and an example input — the spec derived
-from the traced program, the folded forward function rebuilt from it."""
+from the traced program, the folded forward function rebuilt from it. The result is a
+:class:`~jaxfold.result.Compressed` without a config: its ``apply_fn(variables, *args)`` runs the model at the
+new widths, and ``spec`` is the derived spec."""
 
 from __future__ import annotations
 
@@ -15,29 +17,14 @@ from jaxfold.corrections import CORRECTIONS, Correction, CorrectionContext, get_
 from jaxfold.errors import UserError
 from jaxfold.folding import fold
 from jaxfold.plans import Plan
+from jaxfold.result import Compressed, CompressionReport
 from jaxfold.spec import FoldSpec, Group
 from jaxfold.trace.analysis import Rule
 from jaxfold.trace.batchnorm import recompute_statistics
 from jaxfold.trace.derive import derive, trace
 from jaxfold.trace.rebuild import FoldedApply
 
-
-@dataclasses.dataclass(frozen=True)
-class TracedFold:
-    """A folded model without a config: ``apply_fn(variables, *args)`` runs it at the new widths.
-
-    ``module`` is the folded ``nnx.Module`` when the input was one (see :func:`jaxfold.trace.nnx.fold_nnx`), and
-    ``module_note`` says why it is None where the module's widths could not be updated.
-    """
-
-    variables: dict[str, Any]
-    apply_fn: Callable[..., Any]
-    spec: FoldSpec
-    widths: dict[str, int]
-    labels: dict[str, np.ndarray]
-    report: dict[str, Any]
-    module: Any = None
-    module_note: str | None = None
+TracedFold = Compressed  # the former name of a traced fold's result, kept importable
 
 
 def fold_traced(apply_fn: Callable[..., Any], variables: Mapping[str, Any], plan: Plan, key: jax.Array,
@@ -46,7 +33,7 @@ def fold_traced(apply_fn: Callable[..., Any], variables: Mapping[str, Any], plan
                 verify: bool | None = None, correction: str = "none",
                 correction_options: Mapping[str, Any] | None = None,
                 data: Callable[[], Iterable[Any]] | None = None, spec: FoldSpec | None = None,
-                **fold_options: Any) -> TracedFold:
+                **fold_options: Any) -> Compressed:
     """Fold ``variables`` of the model ``apply_fn(variables, *example_args)`` to the widths ``plan`` asks for (a
     ratio, a {group: ratio} dict over the derived group names, or f(group, n) -> k).
 
@@ -92,17 +79,18 @@ def fold_traced(apply_fn: Callable[..., Any], variables: Mapping[str, Any], plan
         corrected = recompute_statistics(folded, result.variables, lambda: [images])
     else:
         corrected = fix.apply(dataclasses.replace(ctx, spec=fold_spec, prepared=prepared, folded=result.variables,
-                                                  labels=result.labels))
+                                                  labels=result.channel_map))
     normed = {g.name for g in spec.groups for m in g.members
               if m.role == "producer" and any(m.path == f"params/{k}/kernel" for k, _ in spec.norms)}
-    report = dict(result.report, derive_seconds=round(derive_seconds, 4), groups_derived=len(spec.groups),
-                  axes_unfoldable=len(spec.unfoldable), correction=fix.name,
-                  correction_seconds=round(time.perf_counter() - t1, 4))
+    report: CompressionReport = {**result.report, "derive_seconds": round(derive_seconds, 4),
+                                 "groups_derived": len(spec.groups), "axes_unfoldable": len(spec.unfoldable),
+                                 "correction": fix.name, "correction_seconds": round(time.perf_counter() - t1, 4)}
     if fix.name != "none":
         before = spec.widths(variables)
         report["uncorrected_groups"] = [g.name for g in spec.groups
                                         if g.name not in normed and result.widths[g.name] < before[g.name]]
-    return TracedFold(corrected, folded, spec, result.widths, result.labels, report)
+    return Compressed(variables=corrected, widths=result.widths, channel_map=result.channel_map, report=report,
+                      apply_fn=folded, spec=spec)
 
 
 TRACED_CORRECTIONS = ("none", "fold_ar", "fold_ar_fused", "repair", "fold_dir")
