@@ -28,12 +28,13 @@ import jax
 import ml_collections
 
 from jaxfold.clustering import CLUSTERERS
-from jaxfold.compress import CompressedModel, fold_model
+from jaxfold.compress import fold_model
 from jaxfold.corrections import CORRECTIONS, Batches, Correction, get_correction
 from jaxfold.data.pipeline import subset_batches
 from jaxfold.errors import UserError
 from jaxfold.files import atomic_dir, write_json_atomic, write_text_atomic
 from jaxfold.io import checkpoint
+from jaxfold.result import Compressed
 
 CHECKPOINT, HF_DIR, REPORT = "checkpoint", "hf", "report.json"
 # what data-driven corrections get, in `fold` and `sweep` sections alike: REPAIR's training images, DeepInversion's
@@ -106,7 +107,7 @@ def check_fold_config(config: ml_collections.ConfigDict) -> Correction:
     return fix
 
 
-def _fold_image_model(config: ml_collections.ConfigDict, fix: Correction) -> tuple[CompressedModel, dict[str, Any]]:
+def _fold_image_model(config: ml_collections.ConfigDict, fix: Correction) -> tuple[Compressed, dict[str, Any]]:
     from jaxfold.eval.classification import check_model_fits_data, evaluate_model
     from jaxfold.train import load_data
 
@@ -130,7 +131,7 @@ def _fold_image_model(config: ml_collections.ConfigDict, fix: Correction) -> tup
 
 
 def _fold_language_model(config: ml_collections.ConfigDict, fix: Correction
-                         ) -> tuple[CompressedModel, dict[str, Any], Any]:
+                         ) -> tuple[Compressed, dict[str, Any], Any]:
     from jaxfold.llm import load_language_model
     from jaxfold.schedules import calibrate
 
@@ -158,7 +159,7 @@ def _fold_language_model(config: ml_collections.ConfigDict, fix: Correction
     return folded, report, model
 
 
-def write_hf_dir(path: str | os.PathLike, folded: CompressedModel, tokenizer: Any) -> Path:
+def write_hf_dir(path: str | os.PathLike, folded: Compressed, tokenizer: Any) -> Path:
     """``path`` as an HF LLaMA directory (config.json, model.safetensors, tokenizer.json), swapped in whole."""
     from jaxfold.io.hf_import import save_hf_dir
 

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from jaxfold import __version__, measure
 from jaxfold.baselines import BASELINES
 from jaxfold.clustering import CLUSTERERS
-from jaxfold.compress import CompressedModel, correct, fold_model
+from jaxfold.compress import correct, fold_model
 from jaxfold.corrections import get_correction
 from jaxfold.data.pipeline import normalize
 from jaxfold.diagnostics import variance_ratios
@@ -38,6 +38,7 @@ from jaxfold.eval.classification import check_model_fits_data, evaluate_model
 from jaxfold.files import write_json_atomic, write_text_atomic
 from jaxfold.fold_run import CORRECTION_DATA, correction_inputs
 from jaxfold.io import checkpoint
+from jaxfold.result import Compressed
 from jaxfold.seed_stats import DDOF, SeedStats, aggregate_seeds
 
 METHODS = ("fold", *BASELINES)
@@ -279,9 +280,9 @@ class _Runner:
         self.batches, self.options = correction_inputs(sc, self.data)
         n = min(sc.variance_batch, len(self.data.test_images))
         self.probe = normalize(self.data.test_images[:n], self.data.mean, self.data.std)
-        self._naive: dict[tuple[float, int, str], CompressedModel] = {}
+        self._naive: dict[tuple[float, int, str], Compressed] = {}
 
-    def compress(self, p: Point) -> CompressedModel:
+    def compress(self, p: Point) -> Compressed:
         key = jax.random.key(p.seed)
         fix = get_correction(p.correction)
         method, _, clusterer = p.method.partition("/")
