@@ -5,10 +5,14 @@ For every setting of the config's ``merge`` section, two endpoints are trained w
 
 * ``same`` — both on every class, with the training seeds ``merge.seeds`` (a, b);
 * ``split`` — a on the classes ``merge.split[0]``, b on ``merge.split[1]`` (same seeds). Both keep the full
-  classifier head; a model's other classes are never targets, so training pushes their logits down. The merged
-  head is joined as in the same-task case, by averaging the two models' logits (the stacked network's output):
-  each model's logits for classes it never saw are low for every input, so the average still ranks each model's
-  own classes by its own scores, and no method needs to know the split (the ensemble is this average too).
+  classifier head; a model's other classes are never targets, so training pushes their logits down. The heads are
+  joined as in the same-task case, by averaging the two models' logits (the stacked network's output; the
+  ensemble is this average too): no method needs to know the split, and each model's logits for classes it never
+  saw are low, so the average mostly ranks each model's own classes by its own scores — unless one model's
+  scores run higher than the other's, which then wins most inputs;
+* ``split_by_task`` — the same endpoints, the heads joined by task instead: class c's logit is the one of the
+  model trained on c (output weights 1 and 0, :func:`jaxfold.merging.stack_models`), the split's own head for
+  every method and the ensemble; a class in neither list is averaged.
 
 Each setting's endpoints are merged by every method of ``merge.methods`` (:mod:`jaxfold.merging`), then repaired
 with REPAIR on ``merge.repair_examples`` training images of every class (ZipIt! correlates the same images), and
@@ -36,7 +40,7 @@ from jaxfold.io import checkpoint
 from jaxfold.merging import METHODS, ensemble, merge_models, repair_merged
 
 RESULTS = "results.json"
-SETTINGS = ("same", "split")
+SETTINGS = ("same", "split", "split_by_task")
 
 
 def merge_section(**changes: Any) -> dict[str, Any]:
@@ -63,7 +67,7 @@ def check_merge_config(config: ml_collections.ConfigDict) -> None:
         raise UserError(f"unknown merge methods {unknown}; --config.merge.methods takes {list(METHODS)}")
     if len(mc.seeds) != 2:
         raise UserError(f"--config.merge.seeds needs the two endpoints' training seeds, got {mc.seeds}")
-    if "split" in mc.settings:
+    if {"split", "split_by_task"} & set(mc.settings):
         a, b = (tuple(s) for s in mc.split)
         if not a or not b or set(a) & set(b):
             raise UserError(f"--config.merge.split needs two disjoint, non-empty class lists, got {mc.split}")
@@ -98,6 +102,14 @@ def endpoint_dir(workdir: Path, setting: str, which: str, config: ml_collections
     return workdir / "endpoints" / f"{setting}_{which}-{digest}"
 
 
+def _by_task(classes: tuple[tuple[int, ...], tuple[int, ...]], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Output weights joining the heads by task: 1 for the model trained on a class, 0 for the other; a class in
+    neither split 0.5 each."""
+    wa, wb = (np.isin(np.arange(num_classes), c).astype(np.float32) for c in classes)
+    neither = (wa + wb) == 0
+    return np.where(neither, 0.5, wa), np.where(neither, 0.5, wb)
+
+
 def _accuracy(model_cfg: Any, variables: Any, data: Any, classes: tuple[int, ...] | None = None) -> float:
     from jaxfold.eval.classification import evaluate, inference_fn
 
@@ -124,26 +136,30 @@ def run_setting(config: ml_collections.ConfigDict, workdir: Path, setting: str, 
     classes = (all_classes, all_classes) if setting == "same" else tuple(tuple(int(c) for c in s) for s in mc.split)
     tasks = {} if setting == "same" else {"task_a": classes[0], "task_b": classes[1]}
     variables, dirs = [], {}
+    trained_as = "same" if setting == "same" else "split"  # split and split_by_task share their endpoints
     for which, seed, cls in zip(("a", "b"), mc.seeds, classes, strict=True):
         cfg = endpoint_config(config, seed, cls)
-        path = _endpoint(cfg, endpoint_dir(workdir, setting, which, cfg))
+        path = _endpoint(cfg, endpoint_dir(workdir, trained_as, which, cfg))
         v, model_cfg, _ = checkpoint.restore(path)
         variables.append(v)
         dirs[which] = str(path)
     a, b = variables
+    weights = _by_task(classes, data.num_classes) if setting == "split_by_task" else None
     batches = subset_batches(data, mc.repair_examples, seed=0)
     rows: dict[str, Any] = {"model_a": _scores(model_cfg, a, data, tasks),
                             "model_b": _scores(model_cfg, b, data, tasks)}
-    stacked_cfg, stacked = ensemble(model_cfg, a, b)
+    stacked_cfg, stacked = ensemble(model_cfg, a, b, output_weights=weights)
     rows["ensemble"] = _scores(stacked_cfg, stacked, data, tasks)
     reports = {}
     for method in mc.methods:
         t0 = time.perf_counter()
         merged = merge_models(model_cfg, a, b, method, jax.random.key(mc.seed), data=batches, repair=False,
-                              n_init=mc.n_init, max_iter=mc.max_iter, max_sweeps=mc.max_sweeps)
+                              n_init=mc.n_init, max_iter=mc.max_iter, max_sweeps=mc.max_sweeps,
+                              output_weights=weights)
         row = {f"{k}_no_repair": v for k, v in _scores(model_cfg, merged.variables, data, tasks).items()}
         if mc.repair:
-            row.update(_scores(model_cfg, repair_merged(model_cfg, a, b, merged, batches), data, tasks))
+            repaired = repair_merged(model_cfg, a, b, merged, batches, output_weights=weights)
+            row.update(_scores(model_cfg, repaired, data, tasks))
         rows[method] = row
         reports[method] = {**merged.report, "total_seconds": round(time.perf_counter() - t0, 3)}
         print(f"{setting} {method}: {json.dumps(row)}", flush=True)

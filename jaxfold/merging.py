@@ -5,8 +5,9 @@ Every method here is a fold of the **stacked** network, :func:`stack_models`: th
 as wide, computing exactly the average of their outputs. The input is shared; every group's channels are
 concatenated [a; b] (a kernel between two groups is block-diagonal, so the halves never mix); the leaves that write
 a shared tensor (the classifier's kernel: only consumer axes) are halved, and leaves on no group axis (its bias)
-averaged. Each method only chooses a partition of every group's 2n channels into n clusters; the merge is
-folding's (producers, vectors and BN statistics averaged within a cluster, consumers summed):
+averaged (or both weighted per output unit, ``output_weights``: heads joined by task). Each method only chooses
+a partition of every group's 2n channels into n clusters; the merge is folding's (producers, vectors and BN
+statistics averaged within a cluster, consumers summed):
 
 * :func:`merge_by_folding` — k-means on the two models' own channel features stacked, rows [F_a; F_b] (the
   official code's two-model alignment, whose cluster sizes are free: a cluster may hold channels of one model);
@@ -100,27 +101,45 @@ def _place(x: np.ndarray, member: Member, n: int, first: bool) -> np.ndarray:
     return member.from_channel_first(both, x.shape, 2 * n)
 
 
-def stack_models(variables_a: Mapping[str, Any], variables_b: Mapping[str, Any], spec: FoldSpec) -> dict[str, Any]:
+OutputWeights = tuple[Any, Any]  # (w_a, w_b): per-output weights (C,) of the two models, or two scalars
+
+
+def _weighted(xa: np.ndarray, xb: np.ndarray, path: str, weights: OutputWeights) -> np.ndarray:
+    """w_a·x_a + w_b·x_b along the leaf's last axis (the output units of a Dense/Conv head)."""
+    wa, wb = (np.asarray(w, xa.dtype) for w in weights)
+    for w in (wa, wb):
+        if w.ndim > 1 or (w.ndim == 1 and (xa.ndim == 0 or w.shape[0] != xa.shape[-1])):
+            raise UserError(f"output weights of shape {w.shape} do not fit {path} of shape {xa.shape}: give one "
+                            "weight per output unit (its last axis) or a scalar")
+    return xa * wa + xb * wb
+
+
+def stack_models(variables_a: Mapping[str, Any], variables_b: Mapping[str, Any], spec: FoldSpec, *,
+                 output_weights: OutputWeights | None = None) -> dict[str, Any]:
     """The two models as one network twice as wide whose output is the average of theirs (for a zoo model, the
     config ``cfg.with_widths({g: 2n})`` runs it): every group's channels [a; b], a leaf on several group axes
     block-diagonal, leaves whose group axes are all consumers (writing a shared output) halved, leaves on no
-    group axis averaged. Stacking ``a`` with itself and folding the copies back together returns ``a``."""
+    group axis averaged. Stacking ``a`` with itself and folding the copies back together returns ``a``.
+
+    ``output_weights`` = (w_a, w_b) replaces the halves: the output is w_a·f_a + w_b·f_b, per output unit along
+    the last axis of those leaves (e.g. 1 and 0 on the classes model a was trained on: heads joined by task)."""
     widths = _check_pair(variables_a, variables_b, spec)
+    weights = output_weights if output_weights is not None else (0.5, 0.5)
     on_leaf = _members_by_path(spec)
     flat_a, flat_b = _host_flat(variables_a), _host_flat(variables_b)
     out = {}
     for path, xa in flat_a.items():
         xb = flat_b[path]
         members = on_leaf.get(path, [])
-        if not members:
-            out[path] = ((xa + xb) * 0.5).astype(xa.dtype)  # a shared leaf (the output bias): averaged
+        if not members:  # a shared leaf (the output bias): averaged
+            out[path] = _weighted(xa, xb, path, weights).astype(xa.dtype)
             continue
         for m, g in members:
             xa, xb = _place(xa, m, widths[g], True), _place(xb, m, widths[g], False)
-        stacked = xa + xb  # exact: every entry is one model's value plus zero
-        if all(m.role == "consumer" for m, _ in members):
-            stacked = stacked * np.asarray(0.5, stacked.dtype)  # writes a shared tensor: each model's half-share
-        out[path] = stacked
+        if all(m.role == "consumer" for m, _ in members):  # writes a shared tensor: each model's share of it
+            out[path] = _weighted(xa, xb, path, weights).astype(xa.dtype)
+        else:
+            out[path] = xa + xb  # exact: every entry is one model's value plus zero
     return tree_lib.unflatten(out)
 
 
@@ -131,7 +150,8 @@ def stacked_widths(spec: FoldSpec, variables: Mapping[str, Any]) -> dict[str, in
 
 def _fold_stacked(variables_a: Mapping[str, Any], variables_b: Mapping[str, Any], spec: FoldSpec,
                   partition: Callable[[Group, int], Any], method: str,
-                  features: Callable[[Group, int], np.ndarray] | None = None, **notes: Any) -> MergeResult:
+                  features: Callable[[Group, int], np.ndarray] | None = None,
+                  output_weights: OutputWeights | None = None, **notes: Any) -> MergeResult:
     """Fold the stacked network from 2n to n channels per group with ``partition(group, n) -> labels (2n,)``;
     the report's inertia is taken on ``features(group, n)`` (default: the two models' own features, stacked)."""
     t0 = time.perf_counter()
@@ -139,7 +159,7 @@ def _fold_stacked(variables_a: Mapping[str, Any], variables_b: Mapping[str, Any]
     flat_a, flat_b = _host_flat(variables_a), _host_flat(variables_b)
     own = features or (lambda g, n: np.concatenate([np.asarray(group_features(flat_a, g, n), np.float32),
                                                     np.asarray(group_features(flat_b, g, n), np.float32)]))
-    stacked = stack_models(variables_a, variables_b, spec)
+    stacked = stack_models(variables_a, variables_b, spec, output_weights=output_weights)
     folded = fold_with_partition(stacked, spec, lambda g, n2: n2 // 2,
                                  lambda x, group, flat, k, index: partition(group, widths[group.name]),
                                  check=False)
@@ -157,14 +177,15 @@ def _fold_stacked(variables_a: Mapping[str, Any], variables_b: Mapping[str, Any]
 # --- folding -----------------------------------------------------------------------------------------------------
 def merge_by_folding(variables_a: Mapping[str, Any], variables_b: Mapping[str, Any], spec: FoldSpec,
                      key: jax.Array, *, clusterer: str | Clusterer = "kmeans", n_init: int = 10,
-                     max_iter: int = 300) -> MergeResult:
+                     max_iter: int = 300, output_weights: OutputWeights | None = None) -> MergeResult:
     """Merge two models by folding their stacked network from 2n back to n channels per group.
 
     Each group is clustered (k = n, group i with ``fold_in(key, i)``) on the rows [F_a; F_b]: every channel's
     features as folding computes them (producer rows, per-channel vectors, consumer columns) in its own model.
     A channel's features are read in its own model's frame, so a row of a is comparable to a row of b where the
     neighbouring groups are shared (the input, the classes) and is otherwise compared without alignment, as in
-    the official code; identical models give identical rows, clustered in pairs, and the merge is exact."""
+    the official code; identical models give identical rows, clustered in pairs, and the merge is exact.
+    ``output_weights``: how the two outputs combine (:func:`stack_models`; default their average)."""
     cluster = get_clusterer(clusterer, n_init=n_init, max_iter=max_iter)
     index = {g.name: i for i, g in enumerate(spec.groups)}
     flat_a, flat_b = _host_flat(variables_a), _host_flat(variables_b)
@@ -177,7 +198,7 @@ def merge_by_folding(variables_a: Mapping[str, Any], variables_b: Mapping[str, A
     def partition(group: Group, n: int) -> Any:
         return cluster(features(group, n), n, jax.random.fold_in(key, index[group.name]))
 
-    return _fold_stacked(variables_a, variables_b, spec, partition, "folding", features)
+    return _fold_stacked(variables_a, variables_b, spec, partition, "folding", features, output_weights)
 
 
 # --- weight matching (Git Re-Basin) ------------------------------------------------------------------------------
@@ -253,9 +274,11 @@ def _pairs(perm: np.ndarray) -> np.ndarray:
 
 
 def merge_by_weight_matching(variables_a: Mapping[str, Any], variables_b: Mapping[str, Any], spec: FoldSpec,
-                             key: jax.Array | None = None, *, max_sweeps: int = 100) -> MergeResult:
+                             key: jax.Array | None = None, *, max_sweeps: int = 100,
+                             output_weights: OutputWeights | None = None) -> MergeResult:
     """Weight matching (:func:`weight_matching`), then the average of a and the permuted b — computed as the fold
-    of the stacked network whose clusters are the matched pairs, which is that average exactly."""
+    of the stacked network whose clusters are the matched pairs, which is that average exactly (the output
+    layer's as ``output_weights`` say, :func:`stack_models`)."""
     t0 = time.perf_counter()
     matching = weight_matching(variables_a, variables_b, spec, key, max_sweeps=max_sweeps)
     flat_a, flat_b = _host_flat(variables_a), _host_flat(matching.variables)
@@ -266,7 +289,7 @@ def merge_by_weight_matching(variables_a: Mapping[str, Any], variables_b: Mappin
                                np.asarray(group_features(flat_b, group, n), np.float32)[inverse]])
 
     result = _fold_stacked(variables_a, variables_b, spec, lambda g, n: _pairs(matching.perms[g.name]),
-                           "weight_matching", features, sweeps=matching.sweeps)
+                           "weight_matching", features, output_weights, sweeps=matching.sweeps)
     return dataclasses.replace(result, report={**result.report, "seconds": round(time.perf_counter() - t0, 4)})
 
 
@@ -384,11 +407,12 @@ def feature_correlations(variables_a: Mapping[str, Any], variables_b: Mapping[st
 
 
 def merge_by_zipit(variables_a: Mapping[str, Any], variables_b: Mapping[str, Any], spec: FoldSpec,
-                   apply_fn: Callable[[Any, jax.Array], Any], batches: Batches) -> MergeResult:
+                   apply_fn: Callable[[Any, jax.Array], Any], batches: Batches, *,
+                   output_weights: OutputWeights | None = None) -> MergeResult:
     """ZipIt!-style merging: per group, the 2n stacked features paired greedily by their activation correlations
     over data (:func:`feature_correlations`, :func:`greedy_pairs`), each pair merged by averaging (ZipIt!'s merge
     matrix; its unmerge is the consumers' sum). ``apply_fn(variables, x)`` runs one model (a Flax linen apply:
-    its consumer modules' inputs are intercepted).
+    its consumer modules' inputs are intercepted). ``output_weights``: as in :func:`stack_models`.
 
     Simplified against ZipIt! (Stoica et al. 2024): one pairing per group, a residual stream's correlations
     averaged over the points it is read at (ZipIt! propagates merges through its graph node by node); pairs
@@ -397,35 +421,40 @@ def merge_by_zipit(variables_a: Mapping[str, Any], variables_b: Mapping[str, Any
     t0 = time.perf_counter()
     corr = feature_correlations(variables_a, variables_b, spec, apply_fn, batches)
     labels = {g: greedy_pairs(c) for g, c in corr.items()}
-    result = _fold_stacked(variables_a, variables_b, spec, lambda g, n: labels[g.name], "zipit")
+    result = _fold_stacked(variables_a, variables_b, spec, lambda g, n: labels[g.name], "zipit",
+                           output_weights=output_weights)
     return dataclasses.replace(result, report={**result.report, "seconds": round(time.perf_counter() - t0, 4)})
 
 
 # --- zoo models: the ensemble, a method by name, REPAIR ----------------------------------------------------------
-def ensemble(model_config: ModelConfig, variables_a: Mapping[str, Any], variables_b: Mapping[str, Any]
-             ) -> tuple[ModelConfig, dict[str, Any]]:
-    """The stacked network as a zoo model (config, variables): the ensemble averaging the two models' logits."""
+def ensemble(model_config: ModelConfig, variables_a: Mapping[str, Any], variables_b: Mapping[str, Any], *,
+             output_weights: OutputWeights | None = None) -> tuple[ModelConfig, dict[str, Any]]:
+    """The stacked network as a zoo model (config, variables): the ensemble averaging the two models' logits (or
+    weighting them by ``output_weights``, :func:`stack_models`)."""
     spec = model_config.fold_spec()
-    stacked = stack_models(variables_a, variables_b, spec)
+    stacked = stack_models(variables_a, variables_b, spec, output_weights=output_weights)
     return model_config.with_widths(stacked_widths(spec, variables_a)), stacked
 
 
 def repair_merged(model_config: ModelConfig, variables_a: Mapping[str, Any], variables_b: Mapping[str, Any],
-                  merged: MergeResult, batches: Batches) -> dict[str, Any]:
+                  merged: MergeResult, batches: Batches, *,
+                  output_weights: OutputWeights | None = None) -> dict[str, Any]:
     """REPAIR of a merged zoo model on ``batches()``: every BatchNorm's statistics recomputed, and each BN-free
     merged unit's mean/std set to the average of the endpoint units it merged (REPAIR's target), measured in the
     stacked network (:func:`jaxfold.corrections.repair.repair_variables`)."""
     from jaxfold.corrections.repair import repair_variables
 
-    stacked_config, stacked = ensemble(model_config, variables_a, variables_b)
+    stacked_config, stacked = ensemble(model_config, variables_a, variables_b, output_weights=output_weights)
     return repair_variables(stacked_config, stacked, model_config, merged.variables, merged.channel_map, batches)
 
 
 def merge_models(model_config: ModelConfig, variables_a: Mapping[str, Any], variables_b: Mapping[str, Any],
                  method: str, key: jax.Array, *, data: Batches | None = None, repair: bool = True,
-                 n_init: int = 10, max_iter: int = 300, max_sweeps: int = 100) -> MergeResult:
+                 n_init: int = 10, max_iter: int = 300, max_sweeps: int = 100,
+                 output_weights: OutputWeights | None = None) -> MergeResult:
     """Merge two zoo models of ``model_config`` by ``method`` ('folding', 'weight_matching', 'zipit'), then REPAIR
-    on ``data`` (normalised training batches; zipit reads them too) unless ``repair=False``."""
+    on ``data`` (normalised training batches; zipit reads them too) unless ``repair=False``. ``output_weights``
+    (w_a, w_b) join the two outputs (default: their average; :func:`stack_models`)."""
     if method not in METHODS:
         raise UserError(f"unknown merge method {method!r}; known: {list(METHODS)}")
     if (repair or method == "zipit") and data is None:
@@ -433,15 +462,18 @@ def merge_models(model_config: ModelConfig, variables_a: Mapping[str, Any], vari
                         "function returning batches of normalised training inputs) or repair=False")
     spec = model_config.fold_spec()
     if method == "folding":
-        merged = merge_by_folding(variables_a, variables_b, spec, key, n_init=n_init, max_iter=max_iter)
+        merged = merge_by_folding(variables_a, variables_b, spec, key, n_init=n_init, max_iter=max_iter,
+                                  output_weights=output_weights)
     elif method == "weight_matching":
-        merged = merge_by_weight_matching(variables_a, variables_b, spec, key, max_sweeps=max_sweeps)
+        merged = merge_by_weight_matching(variables_a, variables_b, spec, key, max_sweeps=max_sweeps,
+                                          output_weights=output_weights)
     else:
-        merged = merge_by_zipit(variables_a, variables_b, spec, _inference(model_config.module()), data)
+        merged = merge_by_zipit(variables_a, variables_b, spec, _inference(model_config.module()), data,
+                                output_weights=output_weights)
     if not repair:
         return merged
     t0 = time.perf_counter()
-    repaired = repair_merged(model_config, variables_a, variables_b, merged, data)
+    repaired = repair_merged(model_config, variables_a, variables_b, merged, data, output_weights=output_weights)
     return dataclasses.replace(merged, variables=repaired, report={
         **merged.report, "repair": True, "repair_seconds": round(time.perf_counter() - t0, 4)})
 

@@ -77,6 +77,15 @@ def test_stacked_network_computes_the_average_of_the_two_models(cfg, pair, logit
     assert_same_function(logits(stacked_cfg, stacked), (logits(cfg, a) + logits(cfg, b)) / 2, "stacked")
 
 
+def test_stacked_network_with_output_weights_joins_the_heads_by_task(pair, logits, assert_same_function):
+    a, b = pair(MLP)
+    wa = (np.arange(10) < 4).astype(np.float32)
+    stacked_cfg, stacked = merging.ensemble(MLP, a, b, output_weights=(wa, 1 - wa))
+    assert_same_function(logits(stacked_cfg, stacked), wa * logits(MLP, a) + (1 - wa) * logits(MLP, b), "by task")
+    with pytest.raises(UserError, match="one weight per output unit"):
+        merging.stack_models(a, b, MLP.fold_spec(), output_weights=(wa[:5], wa[:5]))
+
+
 @pytest.mark.parametrize("cfg", [MLP, RESNET], ids=["mlp", "resnet18"])
 def test_weight_matching_recovers_a_permuted_copy_exactly(cfg, pair, logits, assert_same_function):
     a, _ = pair(cfg)
@@ -164,25 +173,27 @@ def test_merge_experiment_end_to_end_and_cached(cifar_dir, tmp_path, monkeypatch
     overrides = ["--config.data.name=cifar10", f"--config.data.path={cifar_dir}", "--config.model.in_channels=3",
                  "--config.model.image_size=32", "--config.model.width=0.03125", "--config.train.epochs=1",
                  "--config.train.batch_size=16", "--config.merge.n_init=2", "--config.merge.repair_examples=48",
-                 "--config.merge.settings=split"]  # the same-task setting is the split's code with every class
+                 "--config.merge.settings=split_by_task"]  # `same`: the split's code with every class
     args = ["merge", "--config", "configs/merge_fmnist.py", "--workdir", str(tmp_path / "w"), *overrides]
     assert main(args) == 0
     results = json.loads((tmp_path / "w" / "results.json").read_text())
-    rows = results["settings"]["split"]["results"]
+    by_task = results["settings"]["split_by_task"]
+    rows = by_task["results"]
     assert set(rows) == {"model_a", "model_b", "ensemble", *merging.METHODS}
     assert all(0.0 <= rows[m]["accuracy"] <= 1.0 and 0.0 <= rows[m]["accuracy_no_repair"] <= 1.0
                for m in merging.METHODS)
     assert "accuracy_task_a" in rows["folding"]
-    assert results["settings"]["split"]["classes"] == {"a": [0, 1, 2, 3, 4], "b": [5, 6, 7, 8, 9]}
-    assert "| split |" in capsys.readouterr().out
+    assert by_task["classes"] == {"a": [0, 1, 2, 3, 4], "b": [5, 6, 7, 8, 9]}
+    assert "| split_by_task |" in capsys.readouterr().out
 
     def no_training(*_args, **_kwargs):
         raise AssertionError("the endpoints are cached: nothing should train again")
 
     monkeypatch.setattr("jaxfold.train.train", no_training)
-    config = config_lib.load_with_overrides("configs/merge_fmnist.py", [*overrides, "--config.merge.methods=zipit"])
-    again = merge_run.run_merge(config, tmp_path / "w")
-    assert again["settings"]["split"]["results"]["model_a"] == results["settings"]["split"]["results"]["model_a"]
+    config = config_lib.load_with_overrides("configs/merge_fmnist.py", [*overrides, "--config.merge.methods=zipit",
+                                                                         "--config.merge.settings=split"])
+    again = merge_run.run_merge(config, tmp_path / "w")["settings"]["split"]  # the heads averaged this time
+    assert again["endpoints"] == by_task["endpoints"] and again["results"]["model_a"] == rows["model_a"]
 
 
 def test_merge_config_mistakes_are_user_errors():
