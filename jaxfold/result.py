@@ -48,8 +48,10 @@ class CompressionReport(TypedDict, total=False):
     flops_reduction: float  # 1 - flops_after / flops_before
     fold_seconds: float  # preparation + fold (or baseline) of a zoo model, before the correction
     # the variance correction (jaxfold.corrections) and what it noted
-    correction: str
-    correction_seconds: float
+    correction: str  # its name; a chain of corrections joins the names with '+'
+    correction_seconds: float  # a chain's total
+    correction_steps: dict[str, float]  # a chain: seconds per correction
+    correction_options: dict[str, dict[str, Any]]  # a chain: the options each correction ran with
     calibration_rows: int  # activation-aware corrections: rows of calibration activations
     calibration_tokens: int  # refit: calibration tokens
     calibration_windows: int  # refit: calibration windows
