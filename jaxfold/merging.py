@@ -378,7 +378,8 @@ def feature_correlations(variables_a: Mapping[str, Any], variables_b: Mapping[st
                          apply_fn: Callable[[Any, jax.Array], Any], batches: Batches) -> dict[str, np.ndarray]:
     """Per group, the (2n, 2n) Pearson correlations of the stacked activations [a; b] over ``batches()``, read at
     the input of every module consuming the group (the post-activation features) and averaged over those modules
-    (a residual stream is read by several). A constant feature correlates 0 with every other."""
+    (a residual stream is read by several). A constant feature correlates 0 with every varying one, and 1 with
+    a constant one of the same value (so dead units pair up)."""
     widths = _check_pair(variables_a, variables_b, spec)
     consumers = _consumers(spec, _host_flat(variables_a))
     moments = _moments_fn(apply_fn, tuple((module, m, widths[g]) for g, items in consumers.items()
@@ -401,7 +402,10 @@ def feature_correlations(variables_a: Mapping[str, Any], variables_b: Mapping[st
             std = np.sqrt(np.maximum(np.diag(cov), 0.0))
             ok = std > 1e-6 * max(1.0, float(std.max(initial=0.0)))
             denom = np.where(np.outer(ok, ok), np.outer(std, std), 1.0)
-            corrs.append(np.where(np.outer(ok, ok), cov / denom, 0.0))
+            corr = np.where(np.outer(ok, ok), cov / denom, 0.0)
+            # constant features (dead units; a bias alone on a 1×1 map): alike when their values agree
+            same = np.isclose(mean[:, None], mean[None, :], rtol=1e-5, atol=1e-6 * max(1.0, np.abs(mean).max()))
+            corrs.append(np.where(np.outer(~ok, ~ok), same.astype(np.float64), corr))
         out[g] = np.mean(corrs, axis=0)
     return out
 

@@ -123,10 +123,14 @@ def test_folding_a_model_with_itself_gives_it_back(cfg, pair, logits, assert_sam
 
 def test_zipit_of_a_model_and_its_permuted_copy_gives_it_back(pair, logits, assert_same_function):
     a, _ = pair(MLP)
+    dead = np.where(np.arange(16) == 3, -100.0, 0.0).astype(np.float32)  # hidden unit 3 never fires
+    a = tree_lib.map_with_path(lambda p, v: v + dead if p == "params/bn0/bias" else v, a)
     x = np.asarray(jax.random.normal(jax.random.key(5), (64, *MLP.input_shape)))
     module = MLP.module()
-    merged = merging.merge_by_zipit(a, _permuted(MLP, a, 4), MLP.fold_spec(),
-                                    lambda v, inp: module.apply(v, inp, train=False), lambda: iter([x[:32], x[32:]]))
+    apply_fn, batches = (lambda v, inp: module.apply(v, inp, train=False)), (lambda: iter([x[:32], x[32:]]))
+    corr = merging.feature_correlations(a, a, MLP.fold_spec(), apply_fn, batches)["hidden0"]
+    assert corr[3, 16 + 3] == 1.0 and np.all(corr[3, np.r_[0:3, 4:19, 20:32]] == 0.0)  # constant: alike its twin
+    merged = merging.merge_by_zipit(a, _permuted(MLP, a, 4), MLP.fold_spec(), apply_fn, batches)
     assert_same_function(logits(MLP, merged.variables), logits(MLP, a), "zipit with a permuted copy")
 
 
