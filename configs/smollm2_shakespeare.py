@@ -21,7 +21,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     # text: the held-out test plays (jaxfold.data.text.SHAKESPEARE_TEST); calibration (Wanda-sp): the train works
     c.lm = dict(source="smollm2", dtype="float32", text="shakespeare:test", seqlen=1024, max_windows=8,
-                calibration="shakespeare:train", calibration_seqlen=512, calibration_windows=16)
+                calibration="shakespeare:train", calibration_seqlen=512, calibration_windows=16, calibration_batch=8)
     c.sweep = dict(variants=("fold:recipe", "fold:uniform", "magnitude:recipe", "magnitude:uniform",
                              "wanda_sp:recipe", "wanda_sp:uniform"),
                    ratios=(0.1, 0.2, 0.3), seeds=(0,), imports=(),
@@ -36,8 +36,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # `jaxfold fold`: lm.source folded with a per-block schedule (recipe, uniform, recipe_mlp) calibrated to remove
     # `target` of the parameters, as the sweep folds; writes W/checkpoint and, when every block keeps the same
     # widths (uniform), an HF directory W/hf; evaluate=True adds the perplexity on lm.text to the report
+    # correction: a transformer correction or a chain (act_cluster+refit); one that reads data calibrates on
+    # lm.calibration (a text source, or "self": windows sampled from the dense model, no external text)
     c.fold = dict(schedule="recipe", target=0.2, correction="none", clusterer="kmeans", n_init=1, max_iter=300,
-                  seed=0, evaluate=False, hf_dir=True, imports=())
+                  seed=0, evaluate=False, hf_dir=True, imports=(),
+                  correction_options=dict(refit=dict(target="residual", which="compressed", ridge=1e-3),
+                                          norm_tune=dict(loss="distill", steps=32, lr=1e-2, batch_size=1,
+                                                         progress=False)))
     if arg == "demo":  # `make demo`: fold vs magnitude with the paper's recipe at 10 and 20 % (~3 min CPU)
         c.lm.max_windows = 4
         c.sweep.variants = ("fold:recipe", "magnitude:recipe")

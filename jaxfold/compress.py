@@ -8,6 +8,7 @@ arrays, and report FLOPs before and after. Baselines (:mod:`jaxfold.baselines`) 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -99,3 +100,43 @@ def correct(model_config: ModelConfig, variables: dict[str, Any], compressed: Co
     report = dict(compressed.report, **ctx.notes, correction=fix.name,
                   correction_seconds=round(time.perf_counter() - t0, 4))
     return rebuild(model_config, corrected, compressed.config_widths(), compressed.channel_map, report)
+
+
+def correct_chain(model_config: ModelConfig, variables: dict[str, Any], compressed: Compressed,
+                  corrections: Sequence[str], *, key: jax.Array | None = None, data: Batches | None = None,
+                  options: Mapping[str, Mapping[str, Any]] | None = None,
+                  steps: Mapping[str, float] | None = None) -> Compressed:
+    """Apply ``corrections`` in order to a finished compression (e.g. ``("refit", "norm_tune")`` after pruning):
+    each sees the dense model and the previous step's result, with its own ``options[name]``. The report names the
+    chain (``correction`` = names joined by '+'), its total ``correction_seconds``, ``correction_steps`` (seconds
+    per step, after ``steps`` already taken) and the ``correction_options`` each step ran with."""
+    options = dict(options or {})
+    done = dict(steps or {})
+    for name in corrections:
+        compressed = correct(model_config, variables, compressed, name, key=key, data=data,
+                             options=dict(options.get(name, {})))
+        done[name] = compressed.report["correction_seconds"]
+    if not done:
+        return compressed
+    report = dict(compressed.report, correction="+".join(done), correction_seconds=round(sum(done.values()), 4),
+                  correction_steps=done, correction_options={n: dict(options.get(n, {})) for n in done})
+    return rebuild(model_config, compressed.variables, compressed.config_widths(), compressed.channel_map, report)
+
+
+def fold_and_correct(model_config: ModelConfig, variables: dict[str, Any], plan: Plan, key: jax.Array,
+                     corrections: Sequence[str], *, data: Batches | None = None,
+                     options: Mapping[str, Mapping[str, Any]] | None = None, **fold_options: Any) -> Compressed:
+    """:func:`fold_model` followed by a chain of corrections (:func:`correct_chain`). A correction that changes
+    what is clustered (``prepare``: act_cluster, fold_ar) can only be the fold's own, so only the first."""
+    corrections = [c for c in corrections if c != "none"]
+    for i, name in enumerate(corrections):
+        if i > 0 and get_correction(name).prepare is not None:
+            raise UserError(f"correction {name!r} changes what is clustered, so it must come first in the chain "
+                            f"{'+'.join(corrections)} (e.g. act_cluster+refit)")
+    options = dict(options or {})
+    first = corrections[0] if corrections and get_correction(corrections[0]).prepare else "none"
+    out = fold_model(model_config, variables, plan, key, correction=first, data=data,
+                     correction_options=dict(options.get(first, {})), **fold_options)
+    rest = corrections[1:] if first != "none" else corrections
+    steps = {first: out.report["correction_seconds"]} if first != "none" else {}
+    return correct_chain(model_config, variables, out, rest, key=key, data=data, options=options, steps=steps)

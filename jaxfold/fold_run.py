@@ -7,7 +7,11 @@ The config's ``fold`` section says what to do; everything it names is checked be
   section's training images exactly as a sweep point does (:func:`correction_inputs`).
 * Language models (a config with an ``lm`` section): ``lm.source`` (anything ``jaxfold ppl --model`` takes:
   smollm2, a .gguf file, an HF directory, a jaxfold checkpoint) folded with the per-block ``fold.schedule``
-  calibrated to remove ``fold.target`` of the parameters, the way the LLM sweeps fold.
+  calibrated to remove ``fold.target`` of the parameters, the way the LLM sweeps fold. ``fold.correction`` is one
+  transformer correction or a chain joined by '+' (``act_cluster+refit``; options per name in
+  ``fold.correction_options``); one that reads data takes ``lm.calibration_windows`` windows of
+  ``lm.calibration_seqlen`` tokens from ``lm.calibration``: ``self`` (sampled from the dense model, options in
+  ``lm.self_calibration``; cached) or a text source. The report names the calibration and its tokens.
 
 Writes ``W/checkpoint`` (a jaxfold checkpoint: ``jaxfold eval --checkpoint`` or ``jaxfold ppl --model`` read it),
 then, for a LLaMA model whose folded widths are the same in every block, ``W/hf`` (config.json,
@@ -28,9 +32,10 @@ import jax
 import ml_collections
 
 from jaxfold.clustering import CLUSTERERS
-from jaxfold.compress import fold_model
+from jaxfold.compress import fold_and_correct, fold_model
 from jaxfold.corrections import CORRECTIONS, Batches, Correction, get_correction
 from jaxfold.data.pipeline import subset_batches
+from jaxfold.data.self_text import calibration_windows, window_batches
 from jaxfold.errors import UserError
 from jaxfold.files import atomic_dir, write_json_atomic, write_text_atomic
 from jaxfold.io import checkpoint
@@ -61,6 +66,20 @@ def correction_inputs(section: ml_collections.ConfigDict, data: Any) -> tuple[Ba
     return batches, {k: v for k, v in section.items() if k.startswith("di_")}
 
 
+def lm_corrections(fc: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """A language model's ``fold.correction``: one name or a chain joined by '+' (act_cluster+refit), checked."""
+    chain = tuple(c for c in str(fc.get("correction", "none")).split("+") if c != "none")
+    for i, name in enumerate(chain):
+        if name not in CORRECTIONS:
+            raise UserError(f"unknown correction {name!r} in --config.fold.correction={fc.correction!r}: use names "
+                            f"from {sorted(CORRECTIONS)} joined by '+'")
+        get_correction(name).check_inputs("tokens", "--config.fold.correction")
+        if i > 0 and get_correction(name).prepare is not None:
+            raise UserError(f"correction {name!r} changes what is clustered, so it comes first in the chain (e.g. "
+                            "act_cluster+refit)")
+    return chain
+
+
 def _correction(fc: ml_collections.ConfigDict) -> Correction:
     name = fc.get("correction", "none")
     if name not in CORRECTIONS:
@@ -86,7 +105,9 @@ def check_fold_config(config: ml_collections.ConfigDict) -> Correction:
     if fc.get("clusterer", "kmeans") not in CLUSTERERS:  # a clusterer function can only come from Python
         raise UserError(f"unknown clusterer {fc.clusterer!r}: set --config.fold.clusterer to one of "
                         f"{sorted(CLUSTERERS)}")
-    fix = _correction(fc)
+    fix = get_correction("none") if language_model else _correction(fc)  # a language model's: lm_corrections
+    if not language_model:
+        fix.check_inputs("images", "--config.fold.correction")
     if language_model:
         from jaxfold.schedules import SCHEDULES
 
@@ -96,9 +117,10 @@ def check_fold_config(config: ml_collections.ConfigDict) -> Correction:
         if not 0.0 < fc.target < 1.0:
             raise UserError(f"--config.fold.target is the fraction of parameters to remove, in (0, 1); got "
                             f"{fc.target}")
-        if not fix.data_free:
-            raise UserError(f"correction {fix.name!r} needs training images, which language models do not have; "
-                            "fold a language model with a data-free correction (none)")
+        if any(not get_correction(c).data_free for c in lm_corrections(fc)) and not config.lm.get("calibration"):
+            raise UserError(f"correction {fc.correction!r} reads calibration text: set --config.lm.calibration to "
+                            "'self' (windows sampled from the dense model: no external text) or a text source "
+                            "(e.g. shakespeare:train)")
     else:
         if not 0.0 <= fc.ratio < 1.0:
             raise UserError(f"channel ratio must be in [0, 1), got {fc.ratio} (--config.fold.ratio)")
@@ -138,15 +160,25 @@ def _fold_language_model(config: ml_collections.ConfigDict, fix: Correction
     fc, lm = config.fold, config.lm
     model = load_language_model(lm.source, lm.get("dtype", "float32"))
     plan, scale, _ = calibrate(model.config, fc.schedule, fc.target, lm.get("sparsity_tolerance", 0.01))
-    folded = fold_model(model.config, model.variables, plan, jax.random.key(fc.get("seed", 0)), correction=fix,
-                        clusterer=fc.get("clusterer", "kmeans"), n_init=fc.get("n_init", 1),
-                        max_iter=fc.get("max_iter", 300))
+    chain = lm_corrections(fc)
+    data, calibration = None, {"calibration": "none", "calibration_tokens": 0}
+    if any(not get_correction(c).data_free for c in chain):
+        windows, kind = calibration_windows(model, lm.calibration, lm.get("calibration_seqlen", 512),
+                                            lm.get("calibration_windows", 64),
+                                            **dict(lm.get("self_calibration", {})))
+        data = window_batches(windows, lm.get("calibration_batch", 8))
+        calibration = {"calibration": kind, "calibration_source": lm.calibration,
+                       "calibration_tokens": int(windows.size)}
+    folded = fold_and_correct(model.config, model.variables, plan, jax.random.key(fc.get("seed", 0)), chain,
+                              data=data, options=dict(fc.get("correction_options", {})),
+                              clusterer=fc.get("clusterer", "kmeans"), n_init=fc.get("n_init", 1),
+                              max_iter=fc.get("max_iter", 300))
     tokenizer = model.tokenizer_source
     if not Path(tokenizer).is_absolute():  # the checkpoint's metadata must name it from anywhere
         tokenizer = str(Path(tokenizer).absolute())
     report = {"source": str(lm.source), "schedule": fc.schedule, "target": fc.target, "schedule_scale": scale,
               "clusterer": fc.get("clusterer", "kmeans"), "seed": fc.get("seed", 0), "n_init": fc.get("n_init", 1),
-              "tokenizer": tokenizer, **folded.report}
+              "tokenizer": tokenizer, **calibration, **folded.report}
     if fc.get("evaluate", False):
         from jaxfold.data.text import read_text_source
         from jaxfold.eval.perplexity import perplexity

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from jaxfold import __version__, measure
 from jaxfold.baselines import BASELINES
 from jaxfold.clustering import CLUSTERERS
-from jaxfold.compress import correct, fold_model
+from jaxfold.compress import correct, correct_chain, fold_and_correct, fold_model
 from jaxfold.corrections import get_correction
 from jaxfold.data.pipeline import normalize
 from jaxfold.diagnostics import variance_ratios
@@ -86,6 +86,7 @@ def grid(sweep: ml_collections.ConfigDict, language_model: bool = False) -> list
         if clusterer == "kmeans":  # one name per fold, so one point id per result
             raise UserError(f"sweep variant {variant!r}: plain fold clusters with k-means; write fold:{corr}")
         fix = get_correction(corr)
+        fix.check_inputs("images", f"sweep variant {variant!r}")
         if base != "fold" and fix.prepare is not None:
             raise UserError(f"sweep variant {variant!r}: {corr} changes what is clustered, so it only applies to "
                             "fold (use none or repair with baselines)")
@@ -173,6 +174,7 @@ def _lm_variant(variant: str) -> tuple[str, str, tuple[str, ...], str]:
     method, schedule = parts[:2]
     corrections = tuple(c for c in (parts[2] if len(parts) > 2 else "none").split("+") if c != "none")
     for i, name in enumerate(corrections):  # one that changes what is clustered (act_cluster) is the fold's own
+        get_correction(name).check_inputs("tokens", f"sweep variant {variant!r}")
         if get_correction(name).prepare is not None and (method != "fold" or i > 0):
             raise UserError(f"sweep variant {variant!r}: {name} changes what is clustered, so it applies to fold only "
                             "and comes first (e.g. fold:recipe_mlp:act_cluster+refit:self)")
@@ -398,37 +400,34 @@ class _LMRunner:
 
     def run(self, p: LMPoint) -> dict[str, Any]:
         from jaxfold.baselines import prune_model, wanda_sp_model
+        from jaxfold.data.self_text import window_batches
 
         base, plan = self.model, self._plan(p)
         kind, windows = self._windows(p)
-        batch = int(self.lm.get("calibration_batch", 8))
-        data = None if windows is None else (lambda: (windows[i:i + batch] for i in range(0, len(windows), batch)))
+        data = None if windows is None else window_batches(windows, self.lm.get("calibration_batch", 8))
         options = self.sweep.get("correction_options", {})
-        corrections = list(p.corrections)
         t0 = time.perf_counter()
-        if p.method == "fold":
-            first = corrections.pop(0) if corrections and get_correction(corrections[0]).prepare else "none"
-            out = fold_model(base.config, base.variables, plan, jax.random.key(p.seed), n_init=self.sweep.n_init,
-                             max_iter=self.sweep.get("max_iter", 300), clusterer=self.sweep.get("clusterer", "kmeans"),
-                             correction=first, data=data, correction_options=dict(options.get(first, {})))
-        elif p.method == "magnitude":
-            out = prune_model(base.config, base.variables, plan)
+        if p.method == "fold":  # the chain's corrections run inside, each timed on its own
+            out = fold_and_correct(base.config, base.variables, plan, jax.random.key(p.seed), p.corrections,
+                                   data=data, options=options, n_init=self.sweep.n_init,
+                                   max_iter=self.sweep.get("max_iter", 300),
+                                   clusterer=self.sweep.get("clusterer", "kmeans"))
+            seconds = out.report["fold_seconds"]
         else:
-            out = wanda_sp_model(base.config, base.variables, plan, [w[None] for w in windows],
-                                 self.logits(base.config))
-        seconds = time.perf_counter() - t0
-        steps = {p.corrections[0]: out.report["correction_seconds"]} if len(corrections) < len(p.corrections) else {}
-        for name in corrections:  # each correction sees the dense model and the previous step's result
-            out = correct(base.config, base.variables, out, name, key=jax.random.key(p.seed), data=data,
-                          options=dict(options.get(name, {})))
-            steps[name] = out.report["correction_seconds"]
+            if p.method == "magnitude":
+                out = prune_model(base.config, base.variables, plan)
+            else:
+                out = wanda_sp_model(base.config, base.variables, plan, [w[None] for w in windows],
+                                     self.logits(base.config))
+            seconds = time.perf_counter() - t0
+            out = correct_chain(base.config, base.variables, out, p.corrections, key=jax.random.key(p.seed),
+                                data=data, options=options)
         record = self._record(p, out.config, base.config.param_count(), self._evaluate(out.config, out.variables),
                               seconds)
         if windows is not None:
             record.update(calibration=kind, calibration_tokens=int(windows.size))
-        if steps:  # with the options each step ran with (a default that changes later stays readable here)
-            record.update(correction_seconds=round(sum(steps.values()), 4), correction_steps=steps,
-                          correction_options={name: dict(options.get(name, {})) for name in steps})
+        if p.corrections:  # with the options each step ran with (a default that changes later stays readable here)
+            record.update({k: out.report[k] for k in ("correction_seconds", "correction_steps", "correction_options")})
         prompts = self.sweep.get("generate_prompts", ())
         if prompts and any(abs(p.ratio - float(a)) < 1e-9 for a in self.sweep.get("generate_at", ())):
             record["generations"] = self.generations(out.config, out.variables, prompts)

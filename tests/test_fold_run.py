@@ -15,6 +15,7 @@ from jaxfold.errors import UserError
 from jaxfold.fold_run import check_fold_config, correction_inputs, run_fold
 from jaxfold.io import checkpoint
 from jaxfold.train import load_data
+from jaxfold.tree import flatten as tree_flat
 
 CV = "configs/resnet18_fmnist.py"
 LM = "configs/smollm2_shakespeare.py"
@@ -115,6 +116,29 @@ def test_lm_fold_per_block_schedule_writes_no_hf_dir(tiny_lm):
     assert not (tmp / "w" / "hf").exists() and checkpoint.exists(tmp / "w" / "checkpoint")
 
 
+def test_lm_fold_with_a_correction_chain_on_calibration_text(tiny_lm):
+    """act_cluster+refit reads the calibration windows the config names; the report says which and how many, and
+    each step's seconds and options; the refit changes the fold (the same fold without it differs)."""
+    tmp, overrides = tiny_lm
+    common = [*overrides, "--config.fold.schedule=uniform", "--config.fold.target=0.3",
+              f"--config.lm.calibration={tmp / 'text.txt'}", "--config.lm.calibration_windows=4",
+              "--config.lm.calibration_seqlen=16", "--config.lm.calibration_batch=2"]
+    reports = {}
+    for chain in ("act_cluster", "act_cluster+refit"):
+        cfg = config.load_with_overrides(LM, [*common, f"--config.fold.correction={chain}"])
+        reports[chain] = run_fold(cfg, tmp / chain)
+    report = reports["act_cluster+refit"]
+    assert report["calibration"] == "real" and report["calibration_tokens"] == 4 * 16
+    assert report["correction"] == "act_cluster+refit" and set(report["correction_steps"]) == {"act_cluster", "refit"}
+    assert report["correction_options"]["refit"] == {"target": "residual", "which": "compressed", "ridge": 1e-3}
+    assert reports["act_cluster"]["correction"] == "act_cluster"
+    a, _, _ = checkpoint.restore(tmp / "act_cluster" / "checkpoint")
+    b, _, _ = checkpoint.restore(tmp / "act_cluster+refit" / "checkpoint")
+    same = {p: np.array_equal(x, b_) for (p, x), b_ in zip(tree_flat(a).items(), tree_flat(b).values(), strict=True)}
+    refitted = {p for p, v in same.items() if not v}  # uniform folds heads too: their o is refitted with down
+    assert refitted == {f"params/block_{i}/{m}/kernel" for i in range(2) for m in ("mlp/down", "attn/o")}
+
+
 @pytest.mark.parametrize(("path", "change", "message"), [
     (CV, "fold.correction=fold_xx", r"unknown correction 'fold_xx': set --config.fold.correction to one of "
                                     r"\[.*'fold_ar', .*'fold_dir', .*'none', .*'repair'.*\]"),
@@ -122,7 +146,10 @@ def test_lm_fold_per_block_schedule_writes_no_hf_dir(tiny_lm):
     (CV, "fold.ratio=1.0", r"channel ratio must be in \[0, 1\)"),
     (LM, "fold.schedule=cubic", r"unknown schedule 'cubic': set --config.fold.schedule to one of \['recipe'"),
     (LM, "fold.target=1.5", r"fraction of parameters to remove, in \(0, 1\)"),
-    (LM, "fold.correction=repair", "needs training images, which language models do not have"),
+    (LM, "fold.correction=repair", r"correction 'repair' corrects image classifiers \(CNN/MLP\), not language models"),
+    (LM, "fold.correction=refit+act_cluster", r"'act_cluster' changes what is clustered, so it comes first"),
+    (LM, "fold.correction=act_cluster+refot", r"unknown correction 'refot' in --config.fold.correction"),
+    (CV, "fold.correction=refit", r"correction 'refit' corrects language models .*, not image classifiers"),
 ])
 def test_fold_section_is_checked_before_anything_loads(tmp_path, path, change, message):
     cfg = config.load_with_overrides(path, [f"{change}", f"lm.source={tmp_path / 'missing'}" if path == LM
@@ -132,3 +159,10 @@ def test_fold_section_is_checked_before_anything_loads(tmp_path, path, change, m
     with pytest.raises(UserError, match=message):
         run_fold(cfg, tmp_path / "w")
     assert not (tmp_path / "w").exists()
+
+
+def test_lm_correction_that_reads_data_needs_a_calibration_source(tmp_path):
+    cfg = config.load_with_overrides(LM, ["fold.correction=act_cluster+refit", "lm.calibration=",
+                                          f"lm.source={tmp_path / 'missing'}"])
+    with pytest.raises(UserError, match=r"reads calibration text: set --config.lm.calibration to 'self'"):
+        check_fold_config(cfg)

@@ -75,7 +75,8 @@ def test_bad_variants_are_clear_errors():
                              ("fold:fold_xx", "unknown correction"), ("sp_l2:fold_ar", "only applies to fold"),
                              ("fold/dbscan:none", "only fold takes a clusterer.*'spectral'"),
                              ("sp_l2/ward:none", "only fold takes a clusterer"),
-                             ("fold/kmeans:repair", "plain fold clusters with k-means; write fold:repair")]:
+                             ("fold/kmeans:repair", "plain fold clusters with k-means; write fold:repair"),
+                             ("fold:refit", "corrects language models .*, not image classifiers")]:
         with pytest.raises(ValueError, match=message):
             grid(apply_overrides(base, [f"variants={variant}"]))
     points = grid(apply_overrides(base, ["variants=fold/spectral:repair,fold:repair"]))

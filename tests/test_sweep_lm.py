@@ -123,7 +123,8 @@ def test_lm_sweep_rows_name_their_correction_and_calibration(tiny_lm_dir, monkey
 @pytest.mark.parametrize("variant, message", [
     ("fold:uniform:refit:elsewhere", "calibration in"), ("magnitude:uniform:act_cluster:real", "fold only"),
     ("fold:uniform:refit+act_cluster:real", "comes first"), ("fold:uniform:none:self", "takes no calibration"),
-    ("fold:uniform:no_such_fix", "unknown correction")])
+    ("fold:uniform:no_such_fix", "unknown correction"),
+    ("fold:uniform:repair:real", "corrects image classifiers .*, not language models")])
 def test_lm_sweep_bad_correction_variants(tmp_path, variant, message):
     from jaxfold.errors import UserError
 

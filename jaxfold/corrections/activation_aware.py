@@ -166,7 +166,7 @@ def _prepare_aware(ctx: CorrectionContext) -> tuple[Any, ...]:
     return _prepare_scaled(ctx, "act_aware")
 
 
-@register_correction("act_cluster", prepare=_prepare_cluster, data_free=False,
+@register_correction("act_cluster", inputs="tokens", prepare=_prepare_cluster, data_free=False,
                      description="k-means on weights scaled by the calibration RMS of each Dense input feature "
                                  "(Wanda's ‖x‖); plain merge")
 def act_cluster(ctx: CorrectionContext) -> dict[str, Any]:
@@ -174,13 +174,13 @@ def act_cluster(ctx: CorrectionContext) -> dict[str, Any]:
     return ctx.folded  # type: ignore[return-value]
 
 
-@register_correction("act_merge", data_free=False,
+@register_correction("act_merge", inputs="tokens", data_free=False,
                      description="weight-only clusters; producers merged as means weighted by activation energy ‖h‖²")
 def act_merge(ctx: CorrectionContext) -> dict[str, Any]:
     return _weighted_merge(ctx, "act_merge")
 
 
-@register_correction("act_aware", prepare=_prepare_aware, data_free=False,
+@register_correction("act_aware", inputs="tokens", prepare=_prepare_aware, data_free=False,
                      description="act_cluster's activation-scaled clusters and act_merge's energy-weighted merge")
 def act_aware(ctx: CorrectionContext) -> dict[str, Any]:
     return _weighted_merge(ctx, "act_aware")

@@ -110,13 +110,13 @@ def _prepare_raw_clusters(ctx: CorrectionContext) -> tuple[Any, ...]:
     return (*_fuse(ctx), (ctx.variables, ctx.spec))
 
 
-@register_correction("fold_ar_fused", prepare=_fuse,
+@register_correction("fold_ar_fused", inputs="images", prepare=_fuse,
                      description="Fold-AR as in the paper's Algorithm 1: clusters of the BN-fused weights")
 def fold_ar_fused(ctx: CorrectionContext) -> dict[str, Any]:
     return fold_ar(ctx)
 
 
-@register_correction("fold_ar", prepare=_prepare_raw_clusters,
+@register_correction("fold_ar", inputs="images", prepare=_prepare_raw_clusters,
                      description="Fold-AR: clusters of the raw weights, BN-fused merge, merged BN scales rescaled")
 def fold_ar(ctx: CorrectionContext) -> dict[str, Any]:
     flat = tree_lib.flatten(ctx.folded)

@@ -31,7 +31,8 @@ def deep_inversion_options(options: dict[str, Any]) -> DeepInversionOptions:
     return DeepInversionOptions(**chosen)
 
 
-@register_correction("fold_dir", description="Fold-DIR: REPAIR on a cached DeepInversion batch of the original model")
+@register_correction("fold_dir", inputs="images",
+                     description="Fold-DIR: REPAIR on a cached DeepInversion batch of the original model")
 def fold_dir(ctx: CorrectionContext) -> dict[str, Any]:
     if not ctx.variables.get("batch_stats"):  # before anything reads an image shape the model may not have
         raise UserError(f"fold_dir synthesises images that match BatchNorm running statistics; {ctx.config.arch} "

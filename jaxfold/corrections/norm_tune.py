@@ -284,7 +284,7 @@ def tune_norms(config: Any, variables: Mapping[str, Any], windows: Iterable[Any]
 _OPTION_NAMES = (*(f.name for f in dataclasses.fields(NormTuneOptions)), "progress")
 
 
-@register_correction("norm_tune", data_free=False,
+@register_correction("norm_tune", inputs="tokens", data_free=False,
                      description="fine-tune only the RMSNorm scales on calibration token windows (the paper's "
                                  "'+ fine-tune norm', Table 3): lm loss, or KL to the dense model (distill)")
 def norm_tune(ctx: CorrectionContext) -> dict[str, Any]:

@@ -266,7 +266,7 @@ def block_errors(dense_config: Any, dense_variables: Mapping[str, Any], compress
     return out
 
 
-@register_correction("refit", data_free=False,
+@register_correction("refit", inputs="tokens", data_free=False,
                      description="re-solve each block's mlp/down (and attn/o of compressed heads) by ridge regression "
                                  "so the compressed block reproduces the dense one on calibration token windows")
 def refit(ctx: CorrectionContext) -> dict[str, Any]:

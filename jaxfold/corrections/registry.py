@@ -67,16 +67,31 @@ class Correction:
     prepare: Prepare | None = None
     data_free: bool = True
     description: str = ""
+    inputs: str = "any"  # what models it corrects: "images" (CNN/MLP classifiers), "tokens" (LLaMA-style), "any"
+
+    def check_inputs(self, inputs: str, where: str) -> None:
+        """Refuse a correction for a model fed with other inputs, naming where it was asked for."""
+        if self.inputs not in ("any", inputs):
+            kind = {"images": "image classifiers (CNN/MLP)", "tokens": "language models (LLaMA-style decoders)"}
+            raise UserError(f"{where}: correction {self.name!r} corrects {kind[self.inputs]}, not "
+                            f"{kind[inputs].split(' (')[0]}; choose one of "
+                            f"{sorted(n for n, c in CORRECTIONS.items() if c.inputs in ('any', inputs))}")
 
 
 CORRECTIONS: dict[str, Correction] = {}
 
 
 def register_correction(name: str, *, prepare: Prepare | None = None, data_free: bool = True,
-                        description: str = "") -> Callable[[Apply], Apply]:
-    """Decorator: register ``apply`` (and optionally ``prepare``) under ``name``; re-registering replaces."""
+                        description: str = "", inputs: str = "any") -> Callable[[Apply], Apply]:
+    """Decorator: register ``apply`` (and optionally ``prepare``) under ``name``; re-registering replaces.
+    ``inputs`` says what models it corrects ("images", "tokens" or "any"), so sweeps and ``jaxfold fold`` refuse
+    it for the others before any work."""
+    if inputs not in ("any", "images", "tokens"):
+        raise ValueError(f"register_correction inputs must be 'any', 'images' or 'tokens', got {inputs!r}")
+
     def wrap(apply: Apply) -> Apply:
-        CORRECTIONS[name] = Correction(name, apply, prepare, data_free, description or (apply.__doc__ or "").strip())
+        CORRECTIONS[name] = Correction(name, apply, prepare, data_free, description or (apply.__doc__ or "").strip(),
+                                       inputs)
         return apply
     return wrap
 

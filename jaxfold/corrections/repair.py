@@ -142,7 +142,7 @@ def repair_variables(config: ModelConfig, variables: Mapping[str, Any], new_conf
     return recompute_bn_statistics(new_config, out, batches) if new_variables.get("batch_stats") else out
 
 
-@register_correction("repair", data_free=False,
+@register_correction("repair", inputs="images", data_free=False,
                      description="Fold-R: recompute BN statistics (and REPAIR BN-free layers) from training data")
 def repair(ctx: CorrectionContext) -> dict[str, Any]:
     return repair_variables(ctx.config, ctx.variables, ctx.folded_config, ctx.folded, ctx.labels,

@@ -18,6 +18,7 @@ import io
 import json
 import os
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -239,3 +240,12 @@ def calibration_windows(model: Any, source: str, seqlen: int, num_windows: int, 
                         f"{num_windows} asked for: lower the window count or seqlen, or use a longer text")
     return np.ascontiguousarray(cut[:num_windows]), "real"
 
+
+
+def window_batches(windows: np.ndarray, batch_size: int) -> Callable[[], Iterator[np.ndarray]]:
+    """A correction's ``data``: a function returning the (N, T) windows again as (batch_size, T) batches, in order
+    (corrections may read the calibration set several times)."""
+    if int(batch_size) < 1:
+        raise UserError(f"calibration batch size must be ≥ 1, got {batch_size}")
+    batch_size = int(batch_size)
+    return lambda: (windows[i:i + batch_size] for i in range(0, len(windows), batch_size))
