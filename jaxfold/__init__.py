@@ -2,8 +2,9 @@
 
 Layers (each imports only those above it): tree, files, paths, errors → layout → measure → kmeans → spec →
 clustering → plans → placement → merge → reports → result → folding → trace → batch_stats → corrections → models →
-data → io → eval → compress → baselines → diagnostics → train → fold_run → sweep → cli. The public API below is
-pure: pytrees in, new pytrees out, explicit PRNG keys; every compression returns one :class:`Compressed`.
+data → io → eval → compress → baselines → diagnostics → merging → train → fold_run → merge_run → sweep → cli. The
+public API below is pure: pytrees in, new pytrees out, explicit PRNG keys; every compression (and every merge of two
+models) returns one :class:`Compressed`.
 """
 
 __version__ = "0.1.0"
@@ -14,6 +15,7 @@ from jaxfold.diagnostics import variance_ratios
 from jaxfold.folding import FoldResult, fold
 from jaxfold.kmeans import KMeansResult, kmeans
 from jaxfold.merge import duplicate_channels, permute_group
+from jaxfold.merging import merge_by_folding, merge_by_weight_matching, merge_by_zipit, merge_models
 from jaxfold.result import Compressed, CompressionReport, GroupReport
 from jaxfold.spec import FoldSpec, Group, Member
 from jaxfold.trace import TracedFold, TraceError, derive_spec, fold_nnx, fold_traced
@@ -22,4 +24,5 @@ from jaxfold.trace import TracedFold, TraceError, derive_spec, fold_nnx, fold_tr
 __all__ = ["CORRECTIONS", "Compressed", "CompressedModel", "CompressionReport", "FoldResult", "FoldSpec",
            "FoldedModel", "Group", "GroupReport", "KMeansResult", "Member", "TraceError", "TracedFold", "__version__",
            "correct", "derive_spec", "duplicate_channels", "fold", "fold_model", "fold_nnx", "fold_traced", "kmeans",
-           "permute_group", "register_correction", "variance_ratios"]
+           "merge_by_folding", "merge_by_weight_matching", "merge_by_zipit", "merge_models", "permute_group",
+           "register_correction", "variance_ratios"]

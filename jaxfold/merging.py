@@ -19,6 +19,9 @@ statistics averaged within a cluster, consumers summed):
 
 BatchNorm statistics come out merged as folding merges them; REPAIR (:func:`repair_merged`, data) re-estimates
 them, as every merge of the paper's tables did. :func:`merge_models` runs a method on a zoo model, REPAIR included.
+Every merge returns a :class:`jaxfold.result.Compressed`, like every compression: ``widths`` the merged (original)
+widths, ``channel_map[g][i]`` the merged channel of stacked channel i (i < n: model a's channel i, i ≥ n: model b's
+channel i − n), and a report (method, per group its inertia and how many clusters mix the two models, seconds).
 
 Exactness of the stacked network needs the spec's shared (unfoldable, non-window) axes to be the network's inputs
 and outputs only, true of every zoo CNN/MLP; a model whose hidden stream is unfoldable (a LLaMA's residual
@@ -37,15 +40,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.optimize
 
 from jaxfold import tree as tree_lib
 from jaxfold.clustering import Clusterer, get_clusterer
 from jaxfold.errors import UserError
+from jaxfold.eval.classification import inference_fn
 from jaxfold.folding import fold_with_partition
 from jaxfold.kmeans import host_rng
 from jaxfold.merge import group_features, permute_group
 from jaxfold.reports import group_inertia
+from jaxfold.result import Compressed
 from jaxfold.spec import FoldSpec, Group, Member
 
 if TYPE_CHECKING:
@@ -53,17 +57,6 @@ if TYPE_CHECKING:
     from jaxfold.models.base import ModelConfig
 
 METHODS = ("folding", "weight_matching", "zipit")
-
-
-@dataclasses.dataclass(frozen=True)
-class MergeResult:
-    """One network at the original widths (``variables``: the tree structure of model a's), where every channel
-    of the stacked network went (``channel_map[g][i]``, i < n: model a's channel i, i ≥ n: model b's channel
-    i − n), and a report (method, per-group inertia and how many clusters mix the two models, seconds)."""
-
-    variables: dict[str, Any]
-    channel_map: dict[str, np.ndarray]
-    report: dict[str, Any]
 
 
 # --- the stacked network ------------------------------------------------------------------------------------------
@@ -151,7 +144,7 @@ def stacked_widths(spec: FoldSpec, variables: Mapping[str, Any]) -> dict[str, in
 def _fold_stacked(variables_a: Mapping[str, Any], variables_b: Mapping[str, Any], spec: FoldSpec,
                   partition: Callable[[Group, int], Any], method: str,
                   features: Callable[[Group, int], np.ndarray] | None = None,
-                  output_weights: OutputWeights | None = None, **notes: Any) -> MergeResult:
+                  output_weights: OutputWeights | None = None, **notes: Any) -> Compressed:
     """Fold the stacked network from 2n to n channels per group with ``partition(group, n) -> labels (2n,)``;
     the report's inertia is taken on ``features(group, n)`` (default: the two models' own features, stacked)."""
     t0 = time.perf_counter()
@@ -171,13 +164,14 @@ def _fold_stacked(variables_a: Mapping[str, Any], variables_b: Mapping[str, Any]
         groups.append({"group": g.name, "n": 2 * n, "k": n, "inertia": group_inertia(own(g, n), lab, n),
                        "mixed_clusters": int(np.sum(from_a & from_b))})
     report = {"method": method, "groups": groups, **notes, "seconds": round(time.perf_counter() - t0, 4)}
-    return MergeResult(folded.variables, {g: np.asarray(v) for g, v in folded.labels.items()}, report)
+    return Compressed(variables=folded.variables, widths=dict(widths),
+                      channel_map={g: np.asarray(v) for g, v in folded.channel_map.items()}, report=report)
 
 
 # --- folding -----------------------------------------------------------------------------------------------------
 def merge_by_folding(variables_a: Mapping[str, Any], variables_b: Mapping[str, Any], spec: FoldSpec,
                      key: jax.Array, *, clusterer: str | Clusterer = "kmeans", n_init: int = 10,
-                     max_iter: int = 300, output_weights: OutputWeights | None = None) -> MergeResult:
+                     max_iter: int = 300, output_weights: OutputWeights | None = None) -> Compressed:
     """Merge two models by folding their stacked network from 2n back to n channels per group.
 
     Each group is clustered (k = n, group i with ``fold_in(key, i)``) on the rows [F_a; F_b]: every channel's
@@ -225,6 +219,8 @@ def weight_matching(variables_a: Mapping[str, Any], variables_b: Mapping[str, An
     vectors, consumers; not running statistics) of ⟨a's slice i, b's slice j with every *other* group axis of the
     same leaf permuted by its current permutation⟩; sweeps repeat until none improves the objective. A permuted
     copy of a comes back as a exactly."""
+    import scipy.optimize  # here, not at the top: `import jaxfold` stays free of scipy.optimize
+
     widths = _check_pair(variables_a, variables_b, spec)
     if max_sweeps < 1:
         raise UserError(f"max_sweeps must be ≥ 1, got {max_sweeps}")
@@ -275,7 +271,7 @@ def _pairs(perm: np.ndarray) -> np.ndarray:
 
 def merge_by_weight_matching(variables_a: Mapping[str, Any], variables_b: Mapping[str, Any], spec: FoldSpec,
                              key: jax.Array | None = None, *, max_sweeps: int = 100,
-                             output_weights: OutputWeights | None = None) -> MergeResult:
+                             output_weights: OutputWeights | None = None) -> Compressed:
     """Weight matching (:func:`weight_matching`), then the average of a and the permuted b — computed as the fold
     of the stacked network whose clusters are the matched pairs, which is that average exactly (the output
     layer's as ``output_weights`` say, :func:`stack_models`)."""
@@ -290,7 +286,7 @@ def merge_by_weight_matching(variables_a: Mapping[str, Any], variables_b: Mappin
 
     result = _fold_stacked(variables_a, variables_b, spec, lambda g, n: _pairs(matching.perms[g.name]),
                            "weight_matching", features, output_weights, sweeps=matching.sweeps)
-    return dataclasses.replace(result, report={**result.report, "seconds": round(time.perf_counter() - t0, 4)})
+    return result.with_report(seconds=round(time.perf_counter() - t0, 4))
 
 
 # --- ZipIt! -------------------------------------------------------------------------------------------------------
@@ -412,7 +408,7 @@ def feature_correlations(variables_a: Mapping[str, Any], variables_b: Mapping[st
 
 def merge_by_zipit(variables_a: Mapping[str, Any], variables_b: Mapping[str, Any], spec: FoldSpec,
                    apply_fn: Callable[[Any, jax.Array], Any], batches: Batches, *,
-                   output_weights: OutputWeights | None = None) -> MergeResult:
+                   output_weights: OutputWeights | None = None) -> Compressed:
     """ZipIt!-style merging: per group, the 2n stacked features paired greedily by their activation correlations
     over data (:func:`feature_correlations`, :func:`greedy_pairs`), each pair merged by averaging (ZipIt!'s merge
     matrix; its unmerge is the consumers' sum). ``apply_fn(variables, x)`` runs one model (a Flax linen apply:
@@ -427,7 +423,7 @@ def merge_by_zipit(variables_a: Mapping[str, Any], variables_b: Mapping[str, Any
     labels = {g: greedy_pairs(c) for g, c in corr.items()}
     result = _fold_stacked(variables_a, variables_b, spec, lambda g, n: labels[g.name], "zipit",
                            output_weights=output_weights)
-    return dataclasses.replace(result, report={**result.report, "seconds": round(time.perf_counter() - t0, 4)})
+    return result.with_report(seconds=round(time.perf_counter() - t0, 4))
 
 
 # --- zoo models: the ensemble, a method by name, REPAIR ----------------------------------------------------------
@@ -441,7 +437,7 @@ def ensemble(model_config: ModelConfig, variables_a: Mapping[str, Any], variable
 
 
 def repair_merged(model_config: ModelConfig, variables_a: Mapping[str, Any], variables_b: Mapping[str, Any],
-                  merged: MergeResult, batches: Batches, *,
+                  merged: Compressed, batches: Batches, *,
                   output_weights: OutputWeights | None = None) -> dict[str, Any]:
     """REPAIR of a merged zoo model on ``batches()``: every BatchNorm's statistics recomputed, and each BN-free
     merged unit's mean/std set to the average of the endpoint units it merged (REPAIR's target), measured in the
@@ -455,10 +451,11 @@ def repair_merged(model_config: ModelConfig, variables_a: Mapping[str, Any], var
 def merge_models(model_config: ModelConfig, variables_a: Mapping[str, Any], variables_b: Mapping[str, Any],
                  method: str, key: jax.Array, *, data: Batches | None = None, repair: bool = True,
                  n_init: int = 10, max_iter: int = 300, max_sweeps: int = 100,
-                 output_weights: OutputWeights | None = None) -> MergeResult:
+                 output_weights: OutputWeights | None = None) -> Compressed:
     """Merge two zoo models of ``model_config`` by ``method`` ('folding', 'weight_matching', 'zipit'), then REPAIR
     on ``data`` (normalised training batches; zipit reads them too) unless ``repair=False``. ``output_weights``
-    (w_a, w_b) join the two outputs (default: their average; :func:`stack_models`)."""
+    (w_a, w_b) join the two outputs (default: their average; :func:`stack_models`). The result's ``config`` is
+    ``model_config``: the merged model has the two models' architecture and widths."""
     if method not in METHODS:
         raise UserError(f"unknown merge method {method!r}; known: {list(METHODS)}")
     if (repair or method == "zipit") and data is None:
@@ -472,16 +469,12 @@ def merge_models(model_config: ModelConfig, variables_a: Mapping[str, Any], vari
         merged = merge_by_weight_matching(variables_a, variables_b, spec, key, max_sweeps=max_sweeps,
                                           output_weights=output_weights)
     else:
-        merged = merge_by_zipit(variables_a, variables_b, spec, _inference(model_config.module()), data,
+        merged = merge_by_zipit(variables_a, variables_b, spec, inference_fn(model_config.module()), data,
                                 output_weights=output_weights)
+    merged = merged.replace(config=model_config)  # same architecture and widths as the two models
     if not repair:
         return merged
     t0 = time.perf_counter()
     repaired = repair_merged(model_config, variables_a, variables_b, merged, data, output_weights=output_weights)
-    return dataclasses.replace(merged, variables=repaired, report={
+    return merged.replace(variables=repaired, report={
         **merged.report, "repair": True, "repair_seconds": round(time.perf_counter() - t0, 4)})
-
-
-@functools.cache
-def _inference(module: nn.Module) -> Callable[[Any, jax.Array], Any]:
-    return lambda variables, x: module.apply(variables, x, train=False)

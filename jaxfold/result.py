@@ -1,5 +1,6 @@
 """The one result of every compression — folding, IFM, magnitude pruning, Wanda-sp, within-group folding, a zoo
-model's fold/correct and a traced (linen or NNX) fold — so that sweeps, corrections and reports treat them alike.
+model's fold/correct, a traced (linen or NNX) fold, a merge of two models — so that sweeps, corrections and reports
+treat them alike.
 
 The report stays a plain ``dict`` at runtime (written as JSON, updated, copied); :class:`CompressionReport`
 documents the keys producers write, and a key written by a producer but missing there is a bug (tests check it).
@@ -29,12 +30,14 @@ class GroupReport(TypedDict, total=False):
     channel_ratio: float  # 1 - k / n
     inertia: float  # k-means objective of the partition on the group's features (folding and IFM, not pruning)
     seconds: float  # this group's share of the selection phase
+    mixed_clusters: int  # a merge (jaxfold.merging; n: the stacked width 2k): clusters with channels of both models
 
 
 class CompressionReport(TypedDict, total=False):
     """What a compression reports; every producer writes a subset of these keys."""
 
-    method: str  # the baseline that produced it ('ifm', 'sp_l1', 'sp_l2', 'wanda_sp'); absent for folding
+    method: str  # the baseline that produced it ('ifm', 'sp_l1', 'sp_l2', 'wanda_sp'); absent for folding; a
+    # merge's method ('folding', 'weight_matching', 'zipit')
     groups: list[GroupReport]
     seconds: float  # wall time of the core fold / prune
     # sizes: parameters of ``params`` (no running statistics), FLOPs of one example's forward pass
@@ -61,6 +64,10 @@ class CompressionReport(TypedDict, total=False):
     groups_derived: int
     axes_unfoldable: int
     uncorrected_groups: list[str]  # folded groups without a BatchNorm, merged uncorrected by a correction
+    # model merging (jaxfold.merging): weight matching's coordinate-descent sweeps; REPAIR of the merged model
+    sweeps: int
+    repair: bool  # True when merge_models re-estimated the statistics (absent without REPAIR)
+    repair_seconds: float
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

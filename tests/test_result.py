@@ -1,6 +1,6 @@
 """Every compression returns the one :class:`jaxfold.Compressed`: fold, IFM, magnitude pruning, Wanda-sp,
-within-group folding, the zoo's fold/correct and traced (linen, NNX) folds; its report writes only the keys
-:class:`jaxfold.CompressionReport` documents, and the former type names are aliases of it."""
+within-group folding, the zoo's fold/correct, traced (linen, NNX) folds and merges of two models; its report
+writes only the keys :class:`jaxfold.CompressionReport` documents, and the former type names are aliases of it."""
 
 import functools
 
@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 import jaxfold
-from jaxfold import Compressed, CompressionReport, GroupReport, models
+from jaxfold import Compressed, CompressionReport, GroupReport, merging, models
 from jaxfold.baselines import ifm, ifm_model, prune, prune_model, wanda_sp_model
 from jaxfold.errors import UserError
 from jaxfold.models.llama import fold_within_groups
@@ -86,6 +86,25 @@ def test_every_producer_returns_one_type_with_a_documented_report():
         jaxfold.correct(MLP, variables, results["fold"], "none")
     with pytest.raises(UserError, match="config"):
         results["fold"].config_widths()
+
+
+def test_merges_return_it_too():
+    """A merge maps the stacked network's 2n channels (both models') to the n of the merged model."""
+    variables, _ = _mlp()
+    spec = MLP.fold_spec()
+    widths = spec.widths(variables)
+    stacked = {g: 2 * n for g, n in widths.items()}
+    merges = {
+        "merge_by_folding": merging.merge_by_folding(variables, variables, spec, jax.random.key(0), **FAST),
+        "merge_by_weight_matching": merging.merge_by_weight_matching(variables, variables, spec),
+        "merge_models": merging.merge_models(MLP, variables, variables, "weight_matching", jax.random.key(0),
+                                             repair=False),
+    }
+    for name, result in merges.items():
+        _check(result, stacked)
+        assert result.widths == widths, name
+    assert merges["merge_by_weight_matching"].report["sweeps"] >= 1
+    assert merges["merge_models"].config == MLP and merges["merge_models"].config_widths() == widths
 
 
 def test_nnx_and_within_group_folds_return_it_too():
