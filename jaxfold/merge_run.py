@@ -23,6 +23,7 @@ and without REPAIR; for a split, also the accuracy on each task's test images. `
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -110,20 +112,26 @@ def _by_task(classes: tuple[tuple[int, ...], tuple[int, ...]], num_classes: int)
     return np.where(neither, 0.5, wa), np.where(neither, 0.5, wb)
 
 
-def _accuracy(model_cfg: Any, variables: Any, data: Any, classes: tuple[int, ...] | None = None) -> float:
-    from jaxfold.eval.classification import evaluate, inference_fn
-
-    keep = np.isin(data.test_labels, classes) if classes else np.ones(len(data.test_labels), bool)
-    out = evaluate(inference_fn(model_cfg.module()), variables, data.test_images[keep], data.test_labels[keep],
-                   mean=data.mean, std=data.std)
-    return round(out["accuracy"], 6)
+@functools.partial(jax.jit, static_argnums=0)
+def _predict(apply_fn: Any, variables: Any, x: jax.Array) -> jax.Array:
+    return jnp.argmax(apply_fn(variables, x).astype(jnp.float32), -1)
 
 
-def _scores(model_cfg: Any, variables: Any, data: Any, tasks: dict[str, tuple[int, ...]]) -> dict[str, float]:
-    """Accuracy on the full test set, and for a split on each task's test images."""
-    out = {"accuracy": _accuracy(model_cfg, variables, data)}
+def _scores(model_cfg: Any, variables: Any, data: Any, tasks: dict[str, tuple[int, ...]],
+            batch_size: int) -> dict[str, float]:
+    """Accuracy on the full test set, and for a split on each task's test images: one pass over the test set (in
+    fixed-shape batches of ``batch_size``, so one executable per architecture and width)."""
+    from jaxfold.data.pipeline import eval_batches
+    from jaxfold.eval.classification import inference_fn
+
+    apply_fn, variables = inference_fn(model_cfg.module()), jax.device_put(variables)
+    predicted = np.concatenate([np.asarray(_predict(apply_fn, variables, x))[mask > 0] for x, _, mask in
+                                eval_batches(data.test_images, data.test_labels, batch_size, mean=data.mean,
+                                             std=data.std)])
+    correct = predicted == data.test_labels
+    out = {"accuracy": round(float(correct.mean()), 6)}
     for name, classes in tasks.items():
-        out[f"accuracy_{name}"] = _accuracy(model_cfg, variables, data, classes)
+        out[f"accuracy_{name}"] = round(float(correct[np.isin(data.test_labels, classes)].mean()), 6)
     return out
 
 
@@ -146,20 +154,22 @@ def run_setting(config: ml_collections.ConfigDict, workdir: Path, setting: str, 
     a, b = variables
     weights = _by_task(classes, data.num_classes) if setting == "split_by_task" else None
     batches = subset_batches(data, mc.repair_examples, seed=0)
-    rows: dict[str, Any] = {"model_a": _scores(model_cfg, a, data, tasks),
-                            "model_b": _scores(model_cfg, b, data, tasks)}
+    eval_batch = int(config.train.get("eval_batch_size", 500))
+    rows: dict[str, Any] = {"model_a": _scores(model_cfg, a, data, tasks, eval_batch),
+                            "model_b": _scores(model_cfg, b, data, tasks, eval_batch)}
     stacked_cfg, stacked = ensemble(model_cfg, a, b, output_weights=weights)
-    rows["ensemble"] = _scores(stacked_cfg, stacked, data, tasks)
+    rows["ensemble"] = _scores(stacked_cfg, stacked, data, tasks, eval_batch)
     reports = {}
     for method in mc.methods:
         t0 = time.perf_counter()
         merged = merge_models(model_cfg, a, b, method, jax.random.key(mc.seed), data=batches, repair=False,
                               n_init=mc.n_init, max_iter=mc.max_iter, max_sweeps=mc.max_sweeps,
                               output_weights=weights)
-        row = {f"{k}_no_repair": v for k, v in _scores(model_cfg, merged.variables, data, tasks).items()}
+        plain = _scores(model_cfg, merged.variables, data, tasks, eval_batch)
+        row = {f"{k}_no_repair": v for k, v in plain.items()}
         if mc.repair:
             repaired = repair_merged(model_cfg, a, b, merged, batches, output_weights=weights)
-            row.update(_scores(model_cfg, repaired, data, tasks))
+            row.update(_scores(model_cfg, repaired, data, tasks, eval_batch))
         rows[method] = row
         reports[method] = {**merged.report, "total_seconds": round(time.perf_counter() - t0, 3)}
         print(f"{setting} {method}: {json.dumps(row)}", flush=True)

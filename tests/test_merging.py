@@ -1,7 +1,13 @@
 """Model merging (jaxfold/merging.py): the stacked network is the ensemble exactly; weight matching recovers a
 permuted copy exactly; folding, weight matching and ZipIt! merge a model with (a permuted copy of) itself back
-into its own function; the experiment runner end to end on a tiny dataset."""
+into its own function; the experiment runner end to end on a tiny dataset.
 
+Kept fast by compiling little: random variables drawn from the configs' shapes (no initialiser), logits compiled
+once per config for the session (the ``logits`` fixture), one k-means executable (the MLP's 32 stacked channels
+into 16, ``N_INIT`` restarts) shared by every test that clusters, and endpoints saved rather than trained
+(training is jaxfold/train.py's, tested in tests/test_train.py)."""
+
+import functools
 import json
 
 import jax
@@ -11,12 +17,16 @@ import pytest
 from jaxfold import merge_run, merging, models
 from jaxfold import tree as tree_lib
 from jaxfold.errors import UserError
+from jaxfold.eval.classification import inference_fn
+from jaxfold.io import checkpoint
 from jaxfold.merge import permute_group
 
-# the MLP of the end-to-end test (configs/merge_fmnist.py on the tiny CIFAR-10 directory): k-means compiles once
+# the MLP of the end-to-end test (configs/merge_fmnist.py on the tiny CIFAR-10 directory): k-means compiles once;
+# one input shape for all three, so the ``logits`` fixture draws its random batch with one executable
 MLP = models.mlp(in_channels=3, num_classes=10, image_size=32, width=0.03125)
-RESNET = models.resnet18(in_channels=1, num_classes=4, width=0.0625, image_size=8)
-VGG = models.vgg11_bn("imagenet", in_channels=1, num_classes=4, width=0.03125, image_size=8)  # interleaved members
+RESNET = models.resnet18(in_channels=3, num_classes=4, width=0.0625, image_size=32)
+LENET = models.lenet5(in_channels=3, num_classes=4, width=0.25, image_size=32)  # conv2 → fc1 interleaved (flatten)
+N_INIT = 1  # k-means restarts in every test (and the end-to-end config): one restart compiles fastest
 
 
 def _permuted(cfg, variables, seed):
@@ -26,6 +36,11 @@ def _permuted(cfg, variables, seed):
     for group, n in spec.widths(variables).items():
         variables = permute_group(variables, spec.group(group), rng.permutation(n))
     return variables
+
+
+@functools.cache
+def _shapes(cfg):
+    return cfg.abstract_variables()  # traces the initialiser: once per config
 
 
 def _random(cfg, seed=0):
@@ -41,7 +56,7 @@ def _random(cfg, seed=0):
             return rng.uniform(0.5, 2.0, shape)
         return (1.0 if path.endswith("scale") else 0.0) + rng.normal(0, 0.2, shape)
 
-    return tree_lib.map_with_path(lambda p, x: draw(p, x).astype(np.float32), cfg.abstract_variables())
+    return tree_lib.map_with_path(lambda p, x: draw(p, x).astype(np.float32), _shapes(cfg))
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +84,7 @@ def _pair_identical_rows(x, k, key):
     return labels.reshape(-1)
 
 
-@pytest.mark.parametrize("cfg", [MLP, RESNET, VGG], ids=["mlp", "resnet18", "vgg11"])
+@pytest.mark.parametrize("cfg", [MLP, RESNET, LENET], ids=["mlp", "resnet18 (residual streams)", "lenet (interleaved)"])
 def test_stacked_network_computes_the_average_of_the_two_models(cfg, pair, logits, assert_same_function):
     a, b = pair(cfg)
     stacked_cfg, stacked = merging.ensemble(cfg, a, b)
@@ -86,8 +101,8 @@ def test_stacked_network_with_output_weights_joins_the_heads_by_task(pair, logit
         merging.stack_models(a, b, MLP.fold_spec(), output_weights=(wa[:5], wa[:5]))
 
 
-@pytest.mark.parametrize("cfg", [MLP, RESNET], ids=["mlp", "resnet18"])
-def test_weight_matching_recovers_a_permuted_copy_exactly(cfg, pair, logits, assert_same_function):
+def test_weight_matching_recovers_a_permuted_copy_exactly(pair, logits, assert_same_function):
+    cfg = RESNET  # residual streams couple the groups' permutations (the MLP's chain: the test below)
     a, _ = pair(cfg)
     matching = merging.weight_matching(a, _permuted(cfg, a, 3), cfg.fold_spec(), jax.random.key(0))
     flat_a, flat_m = tree_lib.flatten(a), tree_lib.flatten(matching.variables)
@@ -115,7 +130,8 @@ def test_folding_a_model_with_itself_gives_it_back(cfg, pair, logits, assert_sam
     a, _ = pair(cfg)
     # k-means on the MLP; on ResNet18 (12 group shapes to compile k-means for) a clusterer pairing equal rows
     clusterer = "kmeans" if cfg is MLP else _pair_identical_rows
-    merged = merging.merge_by_folding(a, a, cfg.fold_spec(), jax.random.key(0), clusterer=clusterer, n_init=2)
+    merged = merging.merge_by_folding(a, a, cfg.fold_spec(), jax.random.key(0), clusterer=clusterer,
+                                      n_init=N_INIT)
     assert tree_lib.compare(a, merged.variables) == []
     assert_same_function(logits(cfg, merged.variables), logits(cfg, a), "folded with itself")
     assert all(g["inertia"] == 0.0 and g["mixed_clusters"] == g["k"] for g in merged.report["groups"])
@@ -125,9 +141,9 @@ def test_zipit_of_a_model_and_its_permuted_copy_gives_it_back(pair, logits, asse
     a, _ = pair(MLP)
     dead = np.where(np.arange(16) == 3, -100.0, 0.0).astype(np.float32)  # hidden unit 3 never fires
     a = tree_lib.map_with_path(lambda p, v: v + dead if p == "params/bn0/bias" else v, a)
-    x = np.asarray(jax.random.normal(jax.random.key(5), (64, *MLP.input_shape)))
-    module = MLP.module()
-    apply_fn, batches = (lambda v, inp: module.apply(v, inp, train=False)), (lambda: iter([x[:32], x[32:]]))
+    x = np.random.default_rng(5).normal(size=(64, *MLP.input_shape)).astype(np.float32)
+    # merge_models' apply function and batch shape: the correlations compile once for every zipit test
+    apply_fn, batches = inference_fn(MLP.module()), (lambda: iter([x[:32], x[32:]]))
     corr = merging.feature_correlations(a, a, MLP.fold_spec(), apply_fn, batches)["hidden0"]
     assert corr[3, 16 + 3] == 1.0 and np.all(corr[3, np.r_[0:3, 4:19, 20:32]] == 0.0)  # constant: alike its twin
     merged = merging.merge_by_zipit(a, _permuted(MLP, a, 4), MLP.fold_spec(), apply_fn, batches)
@@ -156,11 +172,11 @@ def test_merging_refuses_models_of_different_widths(pair):
 
 def test_merge_models_repairs_the_batchnorm_statistics(pair):
     a, b = pair(MLP)
-    x = np.asarray(jax.random.normal(jax.random.key(5), (32, *MLP.input_shape)))
+    x = np.random.default_rng(5).normal(size=(32, *MLP.input_shape)).astype(np.float32)
     for method in merging.METHODS:
         plain = merging.merge_models(MLP, a, b, method, jax.random.key(0), data=lambda: iter([x]), repair=False,
-                                     n_init=2)
-        fixed = merging.merge_models(MLP, a, b, method, jax.random.key(0), data=lambda: iter([x]), n_init=2)
+                                     n_init=N_INIT)
+        fixed = merging.merge_models(MLP, a, b, method, jax.random.key(0), data=lambda: iter([x]), n_init=N_INIT)
         assert tree_lib.compare(a, fixed.variables) == []
         np.testing.assert_array_equal(fixed.variables["params"]["fc1"]["kernel"],
                                       plain.variables["params"]["fc1"]["kernel"])
@@ -173,10 +189,23 @@ def test_merge_models_repairs_the_batchnorm_statistics(pair):
 def test_merge_experiment_end_to_end_and_cached(cifar_dir, tmp_path, monkeypatch, capsys):
     from jaxfold import config as config_lib
     from jaxfold.cli import main
+    from jaxfold.eval.classification import check_model_fits_data
+    from jaxfold.train import load_data, model_config
 
+    trained = []
+
+    def save_endpoint(config, workdir):
+        """Training's part of the contract: the endpoint's config is read as training reads it (its model, its data
+        reduced to its classes) and a checkpoint of that model is written where training writes it."""
+        cfg, data = model_config(config), load_data(config)
+        check_model_fits_data(cfg, data)
+        trained.append((config.train.seed, tuple(config.data.classes), sorted(set(data.train_labels.tolist()))))
+        checkpoint.save(workdir / "checkpoint", _random(cfg, seed=len(trained)), cfg)
+
+    monkeypatch.setattr("jaxfold.train.train", save_endpoint)
     overrides = ["--config.data.name=cifar10", f"--config.data.path={cifar_dir}", "--config.model.in_channels=3",
-                 "--config.model.image_size=32", "--config.model.width=0.03125", "--config.train.epochs=1",
-                 "--config.train.batch_size=16", "--config.merge.n_init=2", "--config.merge.repair_examples=48",
+                 "--config.model.image_size=32", "--config.model.width=0.03125", f"--config.merge.n_init={N_INIT}",
+                 "--config.merge.repair_examples=32",  # the batch shape of the tests above: nothing compiles anew
                  "--config.merge.settings=split_by_task"]  # `same`: the split's code with every class
     args = ["merge", "--config", "configs/merge_fmnist.py", "--workdir", str(tmp_path / "w"), *overrides]
     assert main(args) == 0
@@ -189,6 +218,9 @@ def test_merge_experiment_end_to_end_and_cached(cifar_dir, tmp_path, monkeypatch
     assert "accuracy_task_a" in rows["folding"]
     assert by_task["classes"] == {"a": [0, 1, 2, 3, 4], "b": [5, 6, 7, 8, 9]}
     assert "| split_by_task |" in capsys.readouterr().out
+    split = ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9))
+    assert [(seed, classes) for seed, classes, _ in trained] == [(0, split[0]), (1, split[1])]
+    assert all(set(seen) <= set(classes) for _, classes, seen in trained)  # each endpoint sees its task only
 
     def no_training(*_args, **_kwargs):
         raise AssertionError("the endpoints are cached: nothing should train again")
