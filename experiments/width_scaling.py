@@ -6,7 +6,8 @@
 For each width w, ``jaxfold sweep --config CONFIG:w`` into ``W/mlp{w}x/sweep``, its checkpoint ``W/mlp{w}x/checkpoint``
 trained first when missing (``sweep.train_if_missing``); both resume. Then the matched channel correlations of
 every width's checkpoint (jaxfold.correlations) on ``--examples`` training images — at each BatchNorm output and
-after its ReLU — go to ``W/correlations.json``. Figures and tables: ``python paper_figs/width.py W --out …``.
+after its ReLU, and at the BN outputs of the untrained network — go to ``W/correlations.json``. Figures and tables:
+``python paper_figs/width.py W --out …``.
 """
 
 from __future__ import annotations
@@ -41,15 +42,21 @@ def width_config(config: str, width: int, workdir: Path, overrides: list[str]) -
     return c
 
 
+def _json_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in r.items() if k != "pairs"} for r in rows]
+
+
 def correlations(config: ml_collections.ConfigDict, examples: int) -> dict[str, Any]:
-    """Per place (``bn``, ``relu``), each layer's matched-pair correlations (best first) and summary, JSON-ready."""
+    """Per place (``bn``, ``relu``), each layer's matched-pair correlations (best first) and summary, JSON-ready;
+    ``init_bn``: the same at the BN outputs of the untrained network (its initialisation, BN statistics 0/1), the
+    reference for how high greedy matching alone lifts the best pairs as a layer gets more channels to choose from."""
     variables, model, _ = checkpoint.restore(config.sweep.checkpoint)
     batches = subset_batches(load_data(config), examples, seed=0)
     out: dict[str, Any] = {"hidden_widths": list(model.hidden_widths), "examples": examples}
     for place, fn in NONLINEARITIES.items():
-        rows = matched_correlations(model, variables, batches(), nonlinearity=fn)
-        out[place] = [{k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in r.items() if k != "pairs"}
-                      for r in rows]
+        out[place] = _json_rows(matched_correlations(model, variables, batches(), nonlinearity=fn))
+    untrained = model.init(jax.random.key(config.train.seed))
+    out["init_bn"] = _json_rows(matched_correlations(model, untrained, batches()))
     return out
 
 

@@ -33,7 +33,8 @@ except ModuleNotFoundError:  # run as a script (python paper_figs/width.py): its
     from cv import STYLE, _label, _plot, _png, _seeds_label
 
 CORRECTIONS = ("fold:none", "fold:fold_ar", "fold:fold_dir", "fold:repair")  # the row order of figures and tables
-PLACES = {"bn": "BatchNorm output", "relu": "after ReLU"}
+EQUAL_SPARSITY = (0.5, 0.6, 0.7, 0.75)  # parameter sparsities at which the widths are compared in the table
+PLACES = {"bn": "BatchNorm output", "relu": "after ReLU", "init_bn": "BN output, untrained"}
 
 
 def load_widths(workdir: Path) -> dict[int, dict]:
@@ -59,6 +60,14 @@ def _curves(records: list[dict]) -> dict[str, list[tuple[float, float, SeedStats
         curves[variant].append((sparsity[(variant, ratio)].mean, ratio, stats))
     order = {v: i for i, v in enumerate(CORRECTIONS)}
     return {v: sorted(curves[v]) for v in sorted(curves, key=lambda v: (order.get(v, len(order)), v))}
+
+
+def at_sparsity(points: list[tuple[float, float, SeedStats]], sparsity: float) -> float | None:
+    """A curve's mean accuracy at ``sparsity``, linear between its measured points; None outside them."""
+    xs = [x for x, *_ in points]
+    if not xs or not xs[0] <= sparsity <= xs[-1]:
+        return None
+    return float(np.interp(sparsity, xs, [s.mean for *_, s in points]))
 
 
 def _dense(records: list[dict]) -> dict | None:
@@ -118,15 +127,16 @@ def accuracy_by_correction(widths: dict[int, dict], title: str) -> bytes:
 
 
 def correlation_plot(correlations: dict[str, dict], title: str) -> bytes:
-    """Per layer (columns) and place (rows: BN output, after ReLU), the distribution of matched-pair correlations
-    of every width (step histograms, density), each legend entry with its mean."""
+    """Per layer (columns) and place (rows: BN output, after ReLU, BN output of the untrained net), the
+    distribution of matched-pair correlations of every width (step histograms, density), each legend entry with its
+    mean."""
     widths = sorted(correlations, key=int)
     places = [p for p in PLACES if p in correlations[widths[0]]]
     n_layers = len(correlations[widths[0]][places[0]])
     fig, axes = plt.subplots(len(places), n_layers, figsize=(3.6 * n_layers, 3.0 * len(places)), squeeze=False,
                              layout="constrained")
     colors = plt.cm.viridis(np.linspace(0.0, 0.85, len(widths)))
-    bins = np.linspace(-0.2, 1.0, 49)
+    bins = np.linspace(-0.2, 1.0, 25)
     for row, place in enumerate(places):
         for col in range(n_layers):
             ax = axes[row][col]
@@ -171,6 +181,15 @@ def tables(widths: dict[int, dict], correlations: dict[str, dict] | None) -> str
                 cells[r].format(100.0, show_n=cells[r].n != n) if r in cells else "" for r in ratios) + " |")
     out.append(f"\nCells: test accuracy (%), mean ± sample standard deviation (ddof={DDOF}) over the k-means seeds "
                "(one trained model per width).")
+    out += ["", "| method:correction | parameter sparsity | " + " | ".join(f"{w}×" for w in widths) + " |",
+            "|" + "---|" * (2 + len(widths))]
+    for variant in dict.fromkeys(v for c in curves.values() for v in c):
+        for x in EQUAL_SPARSITY:
+            cells = [at_sparsity(curves[w].get(variant, []), x) for w in widths]
+            out.append(f"| {variant} | {100 * x:.0f} % | "
+                       + " | ".join("" if c is None else f"{100 * c:.2f}" for c in cells) + " |")
+    out.append("\nAt equal parameter sparsity: the seeds' mean accuracy (%) interpolated linearly between the two "
+               "measured channel ratios around it (empty: outside the measured range).")
     if correlations:
         ws = sorted(correlations, key=int)
         first = correlations[ws[0]]
