@@ -15,6 +15,7 @@ import datetime
 import importlib
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterable
@@ -38,6 +39,7 @@ from jaxfold.eval.classification import check_model_fits_data, evaluate_model
 from jaxfold.files import write_json_atomic, write_text_atomic
 from jaxfold.fold_run import CORRECTION_DATA, correction_inputs
 from jaxfold.io import checkpoint
+from jaxfold.plans import Plan
 from jaxfold.result import Compressed
 from jaxfold.seed_stats import DDOF, SeedStats, aggregate_seeds
 
@@ -70,6 +72,7 @@ def grid(sweep: ml_collections.ConfigDict, language_model: bool = False) -> list
     _check_deterministic(sweep, language_model)
     if language_model:
         return _lm_grid(sweep)
+    _only_groups_pattern(sweep)
     if bad := [r for r in sweep.ratios if not 0.0 <= float(r) < 1.0]:
         raise UserError(f"sweep ratios are channel ratios in [0, 1); got {bad} (--config.sweep.ratios)")
     points = []
@@ -94,6 +97,32 @@ def grid(sweep: ml_collections.ConfigDict, language_model: bool = False) -> list
             for seed in variant_seeds(sweep, str(variant)):
                 points.append(Point(method, corr, float(ratio), int(seed)))
     return points
+
+
+def _only_groups_pattern(sweep: ml_collections.ConfigDict) -> re.Pattern | None:
+    """``sweep.only_groups`` compiled (None when empty: every group is compressed)."""
+    pattern = sweep.get("only_groups", "")
+    if not pattern:
+        return None
+    try:
+        return re.compile(str(pattern))
+    except re.error as e:
+        raise UserError(f"sweep.only_groups {pattern!r} is not a regular expression ({e}); e.g. "
+                        "'(layer3|layer4)_.*|stream[34]' for ResNet18's last two stages") from None
+
+
+def only_groups_plan(ratio: float, groups: Iterable[str], pattern: str | re.Pattern | None) -> Plan:
+    """The plan of a sweep point: channel ratio ``ratio`` for every group whose name fully matches ``pattern``,
+    the others keep their width (IFM's protocol, the paper's Fig. 7 left: only ResNet18's last two stages are
+    compressed). No pattern: the uniform ratio, as before. A pattern that matches no group is a mistake."""
+    if pattern is None or pattern == "":
+        return float(ratio)
+    regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+    groups = list(groups)
+    chosen = [g for g in groups if regex.fullmatch(g)]
+    if not chosen:
+        raise UserError(f"sweep.only_groups {regex.pattern!r} matches none of the model's groups {groups}")
+    return {g: float(ratio) for g in chosen}
 
 
 def variant_seeds(sweep: ml_collections.ConfigDict, variant: str) -> tuple[int, ...]:
@@ -246,7 +275,9 @@ def _git_revision() -> str | None:
 
 
 def _comparable(config: dict) -> dict:
-    sweep = {k: v for k, v in config.get("sweep", {}).items() if k not in _GRID_FIELDS}
+    # an empty only_groups is what a manifest from before the field existed meant
+    sweep = {k: v for k, v in config.get("sweep", {}).items()
+             if k not in _GRID_FIELDS and not (k == "only_groups" and not v)}
     return {**config, "sweep": sweep}
 
 
@@ -283,6 +314,11 @@ class _Runner:
         n = min(sc.variance_batch, len(self.data.test_images))
         self.probe = normalize(self.data.test_images[:n], self.data.mean, self.data.std)
         self._naive: dict[tuple[float, int, str], Compressed] = {}
+        self.only_groups = _only_groups_pattern(sc)
+        self._groups = [g.name for g in self.model.fold_spec().groups]
+
+    def plan(self, ratio: float) -> Plan:
+        return only_groups_plan(ratio, self._groups, self.only_groups)
 
     def compress(self, p: Point) -> Compressed:
         key = jax.random.key(p.seed)
@@ -290,16 +326,16 @@ class _Runner:
         method, _, clusterer = p.method.partition("/")
         options = dict(n_init=self.sweep.n_init, clusterer=clusterer or "kmeans")
         if method == "fold" and fix.prepare is not None:
-            return fold_model(self.model, self.variables, p.ratio, key, correction=fix, data=self.batches,
+            return fold_model(self.model, self.variables, self.plan(p.ratio), key, correction=fix, data=self.batches,
                               correction_options=self.options, **options)
         if method == "fold":
             shared = (p.ratio, p.seed, options["clusterer"])
             if shared not in self._naive:
-                self._naive = {shared: fold_model(self.model, self.variables, p.ratio, key, **options)}
+                self._naive = {shared: fold_model(self.model, self.variables, self.plan(p.ratio), key, **options)}
             base = self._naive[shared]
         else:
             t0 = time.perf_counter()
-            base = BASELINES[p.method](self.model, self.variables, p.ratio)
+            base = BASELINES[p.method](self.model, self.variables, self.plan(p.ratio))
             base = dataclasses.replace(base, report={**base.report, "fold_seconds": time.perf_counter() - t0})
         return correct(self.model, self.variables, base, fix, key=key, data=self.batches, options=self.options)
 
@@ -316,6 +352,8 @@ class _Runner:
                   "fold_seconds": round(float(r.get("fold_seconds", 0.0)), 4),
                   "correction_seconds": round(float(r.get("correction_seconds", 0.0)), 4),
                   "eval_seconds": round(time.perf_counter() - t0, 4)}
+        if self.only_groups is not None:
+            record["only_groups"] = self.only_groups.pattern
         if any(abs(p.ratio - float(a)) < 1e-9 for a in self.sweep.variance_ratio_at):
             record["variance_ratio"] = variance_ratios(self.model, self.variables, out.config, out.variables,
                                                        out.channel_map, self.probe)
@@ -560,6 +598,9 @@ PAPER_CV_VARIANTS = ("fold:none", "fold:fold_ar", "fold:fold_ar_fused", "fold:fo
 # The paper's Fig. 3: k-means against the other clusterers, and iterative greedy merging (IFM), all with REPAIR
 CLUSTERING_VARIANTS = ("fold:repair", "fold/spectral:repair", "fold/ward:repair", "fold/single:repair",
                        "fold/complete:repair", "fold/average:repair", "ifm:repair")
+# IFM's own protocol (the paper's Fig. 7 left): only ResNet18's last two stages, their inner widths and the two
+# streams they write (stream3 is also layer4_0's input), for sweep.only_groups
+LAST_TWO_STAGES = r"(layer3|layer4)_\d+\.inner\d+|stream[34]"
 PAPER_CV_RATIOS = (0.05, 0.1, 0.15, 0.25, 0.35, 0.45, 0.5, 0.55, 0.65, 0.75)
 # Take no PRNG key: pruning by norms, IFM's greedy merging, the linkage clusterers (fold_dir is seeded by di_seed)
 CV_DETERMINISTIC = ("sp_l1", "sp_l2", "ifm", "fold/ward", "fold/single", "fold/complete", "fold/average")
@@ -567,10 +608,12 @@ CV_DETERMINISTIC = ("sp_l1", "sp_l2", "ifm", "fold/ward", "fold/single", "fold/c
 
 def cv_sweep_section(checkpoint: str, **changes: Any) -> dict[str, Any]:
     """The ``sweep`` section of the image-classification configs: the paper's CV methods (Fig. 6) over its
-    channel ratios, per-layer variance ratios recorded at r = 0.5 (Fig. 4). With several ``seeds``, the methods
-    that take no key (``deterministic``, see :func:`variant_seeds`) run at the first only."""
+    channel ratios, per-layer variance ratios recorded at r = 0.5 (Fig. 4). ``only_groups`` (a regex, "" for all)
+    restricts every point's ratio to the groups whose names it fully matches (:func:`only_groups_plan`). With
+    several ``seeds``, the methods that take no key (``deterministic``, see :func:`variant_seeds`) run at the
+    first only."""
     section = dict(checkpoint=checkpoint, train_if_missing=True, imports=(), variants=PAPER_CV_VARIANTS,
-                   ratios=PAPER_CV_RATIOS, seeds=(0,), deterministic=CV_DETERMINISTIC, n_init=10,
+                   ratios=PAPER_CV_RATIOS, seeds=(0,), deterministic=CV_DETERMINISTIC, n_init=10, only_groups="",
                    variance_ratio_at=(0.5,), variance_batch=500, **CORRECTION_DATA)
     section.update(changes)
     return section
