@@ -4,7 +4,9 @@ the markdown table. Points run at several seeds show their mean with ± one stan
 error bars (jaxfold.seed_stats, shared with the tables), and each curve's legend entry its number of seeds.
 
     python paper_figs/cv.py workdirs/sweep_resnet18_fmnist --out docs/figures/resnet18_fmnist
-writes <out>_accuracy.png, <out>_variance_ratio.png, <out>_table.md and <out>_timings.md.
+writes <out>_accuracy.png, <out>_variance_ratio.png, <out>_table.md and <out>_timings.md, and, where points carry
+variance ratios, the paper's Fig. 1: <out>_accuracy_vs_variance.png and <out>_accuracy_vs_variance.md (accuracy against
+the last layer's variance ratio, one point per method at the same channel ratio, hence the same sparsity).
 """
 
 from __future__ import annotations
@@ -118,6 +120,59 @@ def variance_ratio_plot(records: list[dict], title: str) -> bytes | None:
     return _png(fig)
 
 
+def _last_layer_points(records: list[dict]) -> tuple[float, dict[str, list[dict]]]:
+    """The channel ratio of the first point with variance ratios, and that ratio's points grouped by variant."""
+    rows = [r for r in records if r.get("variance_ratio")]
+    ratio = rows[0]["ratio"] if rows else float("nan")
+    by_variant: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["ratio"] == ratio:
+            by_variant[f"{r['method']}:{r['correction']}"].append(r)
+    return ratio, by_variant
+
+
+def accuracy_vs_variance_ratio(records: list[dict], title: str) -> bytes | None:
+    """The paper's Fig. 1: test accuracy against the last layer's mean variance ratio (Def. 3.1), one point per
+    method:correction at one channel ratio (every method then has the same widths, so the same sparsity); several
+    seeds show as mean ± std in both directions. None when no point recorded variance ratios."""
+    ratio, by_variant = _last_layer_points(records)
+    if not by_variant:
+        return None
+    dense = next((r for r in records if r["method"] == "dense"), None)
+    fig, ax = plt.subplots(figsize=(6.0, 4.4))
+    for variant, rs in by_variant.items():
+        x = seed_stats([r["variance_ratio"][-1]["ratio"] for r in rs])
+        y = seed_stats([100 * r["value"] for r in rs])
+        ax.errorbar([x.mean], [y.mean], xerr=[x.std] if x.n > 1 else None, yerr=[y.std] if y.n > 1 else None,
+                    fmt=STYLE.get(variant.split(":")[0], "-o")[-1], markersize=7, capsize=2,
+                    label=f"{_label(variant)}" + (f" (n={x.n})" if x.n > 1 else ""))
+    if dense:
+        ax.axhline(100 * dense["value"], color="k", lw=0.8, ls="--", label="dense")
+    ax.axvline(1.0, color="gray", lw=0.8)
+    ax.set_xscale("log")
+    layer = next(iter(by_variant.values()))[0]["variance_ratio"][-1]["layer"]
+    sparsity = next(iter(by_variant.values()))[0]["param_sparsity"]
+    ax.set(xlabel=f"last layer's variance ratio ({layer})", ylabel="test accuracy (%)",
+           title=f"{title}: channel ratio {ratio:g} ({100 * sparsity:.1f} % of parameters removed)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def accuracy_vs_variance_table(records: list[dict]) -> str:
+    """Markdown of the Fig. 1 points: variant, seeds, parameter sparsity, last-layer variance ratio, accuracy."""
+    ratio, by_variant = _last_layer_points(records)
+    lines = [f"Channel ratio {ratio:g}; last layer's mean variance ratio (Var(compressed)/Var(original), 1 = kept).",
+             "", "| method:correction | seeds | param sparsity | last-layer variance ratio | accuracy (%) |",
+             "|---|---|---|---|---|"]
+    for variant, rs in by_variant.items():
+        x = seed_stats([r["variance_ratio"][-1]["ratio"] for r in rs])
+        y = seed_stats([r["value"] for r in rs])
+        lines.append(f"| {variant} | {x.n} | {100 * rs[0]['param_sparsity']:.1f} % | {x.format(1.0, '.3f')} | "
+                     f"{y.format(100.0, '.2f')} |")
+    return "\n".join(lines) + "\n"
+
+
 def timing_table(records: list[dict]) -> str:
     """Median seconds per point of each variant: clustering/merging, correction, evaluation (the first fold_dir
     point's correction time includes generating the DeepInversion batch; its maximum is shown separately)."""
@@ -157,6 +212,12 @@ def main(argv: list[str] | None = None) -> int:
     if variance:
         written.append(out.with_name(out.name + "_variance_ratio.png"))
         write_bytes_atomic(written[-1], variance)
+    fig1 = accuracy_vs_variance_ratio(records, title)
+    if fig1:
+        written += [out.with_name(out.name + "_accuracy_vs_variance.png"),
+                    out.with_name(out.name + "_accuracy_vs_variance.md")]
+        write_bytes_atomic(written[-2], fig1)
+        write_text_atomic(written[-1], accuracy_vs_variance_table(records))
     print("\n".join(str(p) for p in written))
     return 0
 
