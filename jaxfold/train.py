@@ -131,6 +131,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = config.train
+    l1, l2 = check_regularisation(cfg)  # before the data is loaded
     model_cfg = model_config(config)
     data = load_data(config)
     check_model_fits_data(model_cfg, data)
@@ -140,7 +141,6 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, f
         raise UserError(f"batch_size {cfg.batch_size} exceeds the {len(data.train_images)} training images of "
                         f"{data.name}: lower --config.train.batch_size")
     tx = make_optimizer(cfg, steps_per_epoch)
-    l1, l2 = check_regularisation(cfg)
     key = jax.random.key(cfg.seed)
     init_key, dropout_key = jax.random.split(key)
     variables = model_cfg.init(init_key)

@@ -60,3 +60,19 @@ def test_zero_coefficients_are_todays_step_and_the_penalty_is_in_the_gradient():
                             if path[-1].key == "bias"]
         for a, b in zip(biases(plain["params"]), biases(new["params"]), strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-7)
+
+
+def test_regularisation_config_trains_end_to_end(tmp_path, cifar_dir):
+    from jaxfold.config import load_with_overrides
+    from jaxfold.train import train
+
+    c = load_with_overrides("configs/regularisation_fmnist.py:l1", [
+        "--config.train.epochs=1", "--config.train.batch_size=32", "--config.train.eval_every=1"])
+    assert c.train.weight_decay == 0.0 and c.train.l1 > 0 and c.train.l2 == 0.0
+    with c.unlocked():
+        c.model = dict(name="mlp", in_channels=3, num_classes=10, width=0.0625, image_size=32)
+        c.data = dict(name="cifar10", path=str(cifar_dir), crop_padding=0, hflip=False)
+    metrics = train(c, tmp_path / "wd")
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    with pytest.raises(UserError, match="≥ 0"):
+        train(load_with_overrides("configs/regularisation_fmnist.py:l2", ["--config.train.l2=-1.0"]), tmp_path / "x")
