@@ -30,7 +30,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg == "full":  # the paper-width model, for a GPU
         c.model.width = 1.0
         c.train.epochs = 60
-    if arg == "demo":  # `make demo`: a shorter training run and the main corrections at three ratios (~15 min CPU)
+    if arg == "demo":  # `make demo`: a shorter training run and the main corrections at three ratios (~16 min CPU)
         c.train.epochs = 8
         c.sweep.variants = ("fold:none", "fold:fold_ar", "fold:repair", "sp_l2:none", "sp_l2:repair")
         c.sweep.ratios = (0.1, 0.25, 0.45)
