@@ -26,7 +26,8 @@ def _record(method, correction, ratio, seed, value, **extra):
 def _records(seeds=(0, 1, 2)):
     dense = {**_record("dense", "none", 0.0, 0, 0.9256), "id": "dense", "param_sparsity": 0.0}
     folds = [_record("fold", "none", r, s, ACC[s][i],
-                     **({"variance_ratio": [{"ratio": 0.5 + 0.1 * s}, {"ratio": 0.2}]} if r == 0.45 else {}))
+                     **({"variance_ratio": [{"layer": "bn1", "ratio": 0.5 + 0.1 * s}, {"layer": "bn2", "ratio": 0.2}]}
+                        if r == 0.45 else {}))
              for s in seeds for i, r in enumerate(RATIOS)]
     pruned = [_record("sp_l2", "none", r, 0, 0.5) for r in RATIOS]
     return [dense, *folds, *pruned]
