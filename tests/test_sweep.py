@@ -101,7 +101,9 @@ def test_cli_sweep_and_figures(sweep_config, tmp_path, capsys):
     assert cv._label("fold:repair", ablation=True) == "Fold-R, kmeans"
     assert cv.main([str(tmp_path / "wd"), "--out", str(tmp_path / "figs" / "mlp")]) == 0
     assert {p.name for p in (tmp_path / "figs").iterdir()} == {"mlp_accuracy.png", "mlp_table.md",
-                                                               "mlp_variance_ratio.png", "mlp_timings.md"}
+                                                               "mlp_variance_ratio.png", "mlp_timings.md",
+                                                               "mlp_accuracy_vs_variance.png",
+                                                               "mlp_accuracy_vs_variance.md"}  # the paper's Fig. 1
     code = cli.main(["sweep", "--config", str(config_file), "--workdir", str(tmp_path / "wd2"), "--shard", "2/2"])
     assert code == 2 and "--shard" in capsys.readouterr().err
 
