@@ -278,7 +278,8 @@ def _comparable(config: dict) -> dict:
     # an empty only_groups is what a manifest from before the field existed meant
     sweep = {k: v for k, v in config.get("sweep", {}).items()
              if k not in _GRID_FIELDS and not (k == "only_groups" and not v)}
-    return {**config, "sweep": sweep}
+    # a language-model sweep never reads the `fold` section (`jaxfold fold`'s), so editing it keeps the workdir
+    return {**{k: v for k, v in config.items() if not ("lm" in config and k == "fold")}, "sweep": sweep}
 
 
 def write_manifest(workdir: Path, config: ml_collections.ConfigDict) -> None:

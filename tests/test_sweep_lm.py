@@ -131,3 +131,22 @@ def test_lm_sweep_bad_correction_variants(tmp_path, variant, message):
     with pytest.raises(UserError, match=message):  # before anything is loaded (no model at tmp_path)
         run_sweep(_datafree_config(tmp_path, (variant,)), tmp_path / "wd", progress=False)
     assert not (tmp_path / "wd" / "results.jsonl").exists()
+
+
+def test_an_lm_workdir_ignores_the_fold_section_but_not_the_lm_one(tmp_path):
+    """`jaxfold fold`'s section is not what an LM sweep reads: editing it keeps the workdir; the lm section counts."""
+    import ml_collections
+
+    from jaxfold.errors import UserError
+    from jaxfold.sweep import write_manifest
+
+    def config(**changes):
+        c = ml_collections.ConfigDict(dict(lm=dict(source="smollm2", seqlen=64), fold=dict(correction="none"),
+                                           sweep=dict(variants=("fold:uniform",), ratios=(0.2,), seeds=(0,))))
+        c.update_from_flattened_dict(changes)
+        return c
+
+    write_manifest(tmp_path, config())
+    write_manifest(tmp_path, config(**{"fold.correction": "refit"}))
+    with pytest.raises(UserError, match=r"sections differing: \['lm'\]"):
+        write_manifest(tmp_path, config(**{"lm.seqlen": 128}))
