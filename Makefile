@@ -23,7 +23,7 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-# The main job on the embedded defaults (~18 min on a 2-core CPU from nothing, see README): SmolLM2 folding vs magnitude
+# The main job on the embedded defaults (~20 min on a 2-core CPU from nothing, see README): SmolLM2 folding vs magnitude
 # pruning on held-out Shakespeare, then the Fashion-MNIST ResNet18 sweep over the main corrections (the model is
 # trained first when $(WORKDIR)/resnet18_fmnist has no checkpoint). Resumable: rerunning skips finished points.
 demo: install
