@@ -17,7 +17,7 @@ import numpy as np
 from jaxfold import measure
 from jaxfold import tree as tree_lib
 from jaxfold.clustering import Clusterer
-from jaxfold.corrections import Batches, Correction, CorrectionContext, get_correction
+from jaxfold.corrections import Batches, Correction, CorrectionContext, correction_chain, get_correction
 from jaxfold.errors import UserError
 from jaxfold.folding import fold
 from jaxfold.models.base import ModelConfig
@@ -128,11 +128,7 @@ def fold_and_correct(model_config: ModelConfig, variables: dict[str, Any], plan:
                      options: Mapping[str, Mapping[str, Any]] | None = None, **fold_options: Any) -> Compressed:
     """:func:`fold_model` followed by a chain of corrections (:func:`correct_chain`). A correction that changes
     what is clustered (``prepare``: act_cluster, fold_ar) can only be the fold's own, so only the first."""
-    corrections = [c for c in corrections if c != "none"]
-    for i, name in enumerate(corrections):
-        if i > 0 and get_correction(name).prepare is not None:
-            raise UserError(f"correction {name!r} changes what is clustered, so it must come first in the chain "
-                            f"{'+'.join(corrections)} (e.g. act_cluster+refit)")
+    corrections = correction_chain(corrections, "fold_and_correct")
     options = dict(options or {})
     first = corrections[0] if corrections and get_correction(corrections[0]).prepare else "none"
     out = fold_model(model_config, variables, plan, key, correction=first, data=data,

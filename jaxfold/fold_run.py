@@ -33,7 +33,7 @@ import ml_collections
 
 from jaxfold.clustering import CLUSTERERS
 from jaxfold.compress import fold_and_correct, fold_model
-from jaxfold.corrections import CORRECTIONS, Batches, Correction, get_correction
+from jaxfold.corrections import CORRECTIONS, Batches, Correction, correction_chain, get_correction
 from jaxfold.data.pipeline import subset_batches
 from jaxfold.data.self_text import calibration_windows, window_batches
 from jaxfold.errors import UserError
@@ -68,16 +68,8 @@ def correction_inputs(section: ml_collections.ConfigDict, data: Any) -> tuple[Ba
 
 def lm_corrections(fc: ml_collections.ConfigDict) -> tuple[str, ...]:
     """A language model's ``fold.correction``: one name or a chain joined by '+' (act_cluster+refit), checked."""
-    chain = tuple(c for c in str(fc.get("correction", "none")).split("+") if c != "none")
-    for i, name in enumerate(chain):
-        if name not in CORRECTIONS:
-            raise UserError(f"unknown correction {name!r} in --config.fold.correction={fc.correction!r}: use names "
-                            f"from {sorted(CORRECTIONS)} joined by '+'")
-        get_correction(name).check_inputs("tokens", "--config.fold.correction")
-        if i > 0 and get_correction(name).prepare is not None:
-            raise UserError(f"correction {name!r} changes what is clustered, so it comes first in the chain (e.g. "
-                            "act_cluster+refit)")
-    return chain
+    correction = str(fc.get("correction", "none"))
+    return correction_chain(correction, f"--config.fold.correction={correction!r}", inputs="tokens")
 
 
 def _correction(fc: ml_collections.ConfigDict) -> Correction:
@@ -85,7 +77,9 @@ def _correction(fc: ml_collections.ConfigDict) -> Correction:
     if name not in CORRECTIONS:
         raise UserError(f"unknown correction {name!r}: set --config.fold.correction to one of {sorted(CORRECTIONS)} "
                         "(a correction registered by your own module: list it in --config.fold.imports)")
-    return get_correction(name)
+    fix = get_correction(name)
+    fix.check_inputs("images", "--config.fold.correction")
+    return fix
 
 
 def check_fold_config(config: ml_collections.ConfigDict) -> Correction:
@@ -106,8 +100,6 @@ def check_fold_config(config: ml_collections.ConfigDict) -> Correction:
         raise UserError(f"unknown clusterer {fc.clusterer!r}: set --config.fold.clusterer to one of "
                         f"{sorted(CLUSTERERS)}")
     fix = get_correction("none") if language_model else _correction(fc)  # a language model's: lm_corrections
-    if not language_model:
-        fix.check_inputs("images", "--config.fold.correction")
     if language_model:
         from jaxfold.schedules import SCHEDULES
 

@@ -31,7 +31,7 @@ from jaxfold import __version__, measure
 from jaxfold.baselines import BASELINES
 from jaxfold.clustering import CLUSTERERS
 from jaxfold.compress import correct, correct_chain, fold_and_correct, fold_model
-from jaxfold.corrections import get_correction
+from jaxfold.corrections import correction_chain, get_correction
 from jaxfold.data.pipeline import normalize
 from jaxfold.diagnostics import variance_ratios
 from jaxfold.errors import MissingFile, UserError
@@ -201,12 +201,11 @@ def _lm_variant(variant: str) -> tuple[str, str, tuple[str, ...], str]:
     if not 2 <= len(parts) <= 4 or parts[0] not in LM_METHODS or parts[1] not in SCHEDULES:
         raise UserError(usage)
     method, schedule = parts[:2]
-    corrections = tuple(c for c in (parts[2] if len(parts) > 2 else "none").split("+") if c != "none")
-    for i, name in enumerate(corrections):  # one that changes what is clustered (act_cluster) is the fold's own
-        get_correction(name).check_inputs("tokens", f"sweep variant {variant!r}")
-        if get_correction(name).prepare is not None and (method != "fold" or i > 0):
-            raise UserError(f"sweep variant {variant!r}: {name} changes what is clustered, so it applies to fold only "
-                            "and comes first (e.g. fold:recipe_mlp:act_cluster+refit:self)")
+    corrections = correction_chain(parts[2] if len(parts) > 2 else "none", f"sweep variant {variant!r}",
+                                   inputs="tokens")
+    if method != "fold" and corrections and get_correction(corrections[0]).prepare is not None:
+        raise UserError(f"sweep variant {variant!r}: {corrections[0]} changes what is clustered, so it applies to "
+                        "fold only (e.g. fold:recipe_mlp:act_cluster+refit:self)")
     needs_data = method == "wanda_sp" or any(not get_correction(c).data_free for c in corrections)
     calibration = parts[3] if len(parts) > 3 else ("" if needs_data else "none")
     if calibration not in (("", *LM_CALIBRATIONS) if needs_data else ("none",)):

@@ -7,11 +7,13 @@ from jaxfold.corrections.registry import (
     Batches,
     Correction,
     CorrectionContext,
+    correction_chain,
     get_correction,
     register_correction,
 )
 
-__all__ = ["CORRECTIONS", "Batches", "Correction", "CorrectionContext", "get_correction", "register_correction"]
+__all__ = ["CORRECTIONS", "Batches", "Correction", "CorrectionContext", "correction_chain", "get_correction",
+           "register_correction"]
 
 # built-in corrections register themselves on import
 from jaxfold.corrections import activation_aware, fold_ar, fold_dir, norm_tune, refit, repair  # noqa: F401

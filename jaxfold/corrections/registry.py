@@ -17,7 +17,7 @@ Registering one from user code is a decorator away (see docs/corrections.md)::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import jax
@@ -103,6 +103,24 @@ def get_correction(correction: str | Correction) -> Correction:
         raise UserError(f"unknown correction {correction!r}; valid: {sorted(CORRECTIONS)} (or register one with "
                         "jaxfold.corrections.register_correction)")
     return CORRECTIONS[correction]
+
+
+def correction_chain(names: str | Sequence[str], where: str, inputs: str | None = None) -> tuple[str, ...]:
+    """Corrections applied in order, as a sequence or one string joined by '+' (``act_cluster+refit``; ``none``
+    dropped), checked against the registry: every name known, each for models fed with ``inputs`` ("images",
+    "tokens"; None: not checked), and one that changes what is clustered (``prepare``) only first, since it is the
+    fold's own. ``where`` names what asked for them in the errors."""
+    chain = tuple(c for c in (names.split("+") if isinstance(names, str) else names) if c != "none")
+    for i, name in enumerate(chain):
+        if name not in CORRECTIONS:
+            raise UserError(f"unknown correction {name!r} in {where}: use names from {sorted(CORRECTIONS)} joined by "
+                            "'+'")
+        if inputs is not None:
+            CORRECTIONS[name].check_inputs(inputs, where)
+        if i > 0 and CORRECTIONS[name].prepare is not None:
+            raise UserError(f"{where}: correction {name!r} changes what is clustered, so it comes first in the chain "
+                            f"{'+'.join(chain)} (e.g. act_cluster+refit)")
+    return chain
 
 
 @register_correction("none", description="Fold-Naive: no correction (BN statistics averaged in the merge)")

@@ -241,7 +241,6 @@ def calibration_windows(model: Any, source: str, seqlen: int, num_windows: int, 
     return np.ascontiguousarray(cut[:num_windows]), "real"
 
 
-
 def window_batches(windows: np.ndarray, batch_size: int) -> Callable[[], Iterator[np.ndarray]]:
     """A correction's ``data``: a function returning the (N, T) windows again as (batch_size, T) batches, in order
     (corrections may read the calibration set several times)."""
