@@ -13,7 +13,8 @@ results.jsonl names its ``method``, ``schedule``, ``correction`` and ``calibrati
 evaluates the same grid on any text. ``:core`` is the 20 % MLP-recipe column with the main rows (run first on a CPU);
 ``:quick`` the same as a smoke run (2 evaluation windows, 4 calibration windows). ``:extend`` is the other columns
 (10 / 30 % and the ``recipe`` schedule) with the rows that decide the comparison: the plain compressions, Wanda-sp
-on either calibration, the best data-free fold and Wanda-sp + refit without external text.
+on either calibration, the best data-free fold and Wanda-sp + refit without external text. ``:full`` evaluates
+those rows at 20 % (``recipe_mlp``) on every test window (use its own ``--workdir``: the evaluation text differs).
 """
 
 import importlib.util
@@ -44,6 +45,11 @@ _CORE = (("fold", "none"), ("fold", "refit"), ("fold", "act_cluster"), ("fold", 
 # the other columns (`:extend`): (method, corrections, calibrations)
 _EXTEND = (("fold", "none"), ("magnitude", "none"), ("wanda_sp", "none"), ("fold", "act_cluster+refit", ("self",)),
            ("wanda_sp", "refit", ("self",)))
+
+# the full protocol (`:full`, every test window: ~13 min of evaluation per row on an idle 2-core CPU), in the order
+# that matters: the data-free fold and Wanda-sp on real text first
+_FULL = (("fold", "act_cluster+refit", ("self",)), ("wanda_sp", "none", ("real",)), ("wanda_sp", "none", ("self",)),
+         ("wanda_sp", "refit", ("self",)), ("fold", "none"), ("magnitude", "none"))
 
 
 def variants(schedules=("recipe_mlp", "recipe"), rows=_ROWS) -> tuple[str, ...]:
@@ -77,6 +83,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg == "extend":
         c.sweep.variants = variants(("recipe_mlp", "recipe"), _EXTEND)
         c.sweep.ratios = (0.2, 0.1, 0.3)
+    if arg == "full":  # the full protocol (every test window) for the 20 % MLP-recipe rows that decide the comparison
+        c.lm.max_windows = None
+        c.sweep.variants = variants(("recipe_mlp",), _FULL)
+        c.sweep.ratios = (0.2,)
     if arg == "quick":
         c.lm.max_windows = 2
         c.lm.calibration_windows = 4
