@@ -58,6 +58,7 @@ class CompressionReport(TypedDict, total=False):
     calibration_rows: int  # activation-aware corrections: rows of calibration activations
     calibration_tokens: int  # refit: calibration tokens
     calibration_windows: int  # refit: calibration windows
+    norm_restore_factor: dict[str, float]  # norm_restore: median and max of the merged rows' rescaling factors
     refit: dict[str, Any]  # refit's own report (tokens, windows, per-consumer fit before/after, …)
     # traced models (jaxfold.trace)
     derive_seconds: float  # deriving the spec from the traced program

@@ -16,4 +16,4 @@ __all__ = ["CORRECTIONS", "Batches", "Correction", "CorrectionContext", "correct
            "register_correction"]
 
 # built-in corrections register themselves on import
-from jaxfold.corrections import activation_aware, fold_ar, fold_dir, norm_tune, refit, repair  # noqa: F401
+from jaxfold.corrections import activation_aware, fold_ar, fold_dir, norm_restore, norm_tune, refit, repair  # noqa: F401

@@ -125,7 +125,7 @@ def channel_energy(spec: FoldSpec, widths: Mapping[str, int], energy: Mapping[st
     return out
 
 
-def _require_fold(ctx: CorrectionContext, who: str) -> dict[str, np.ndarray]:
+def require_fold(ctx: CorrectionContext, who: str) -> dict[str, np.ndarray]:
     """The fold's labels; a pruned model (channels mapped to −1) or no labels at all is refused."""
     labels = ctx.labels
     if labels is None or any(np.min(lab) < 0 for lab in labels.values() if np.size(lab)):
@@ -140,7 +140,7 @@ def _prepare_scaled(ctx: CorrectionContext, who: str) -> tuple[Any, ...]:
 
 
 def _weighted_merge(ctx: CorrectionContext, who: str) -> dict[str, Any]:
-    labels = _require_fold(ctx, who)
+    labels = require_fold(ctx, who)
     prepared = ctx.prepared if ctx.prepared is not None else ctx.variables
     widths = ctx.spec.widths(prepared)
     todo = [g for g in ctx.spec.groups if int(np.max(labels[g.name])) + 1 < widths[g.name]]
@@ -170,7 +170,7 @@ def _prepare_aware(ctx: CorrectionContext) -> tuple[Any, ...]:
                      description="k-means on weights scaled by the calibration RMS of each Dense input feature "
                                  "(Wanda's ‖x‖); plain merge")
 def act_cluster(ctx: CorrectionContext) -> dict[str, Any]:
-    _require_fold(ctx, "act_cluster")
+    require_fold(ctx, "act_cluster")
     return ctx.folded  # type: ignore[return-value]
 
 
