@@ -104,8 +104,13 @@ def test_windows_shape_ids_and_disk_cache_round_trip(variables, tmp_path, monkey
     with monkeypatch.context() as m:
         m.setattr(self_text, "generate_windows", refuse)
         np.testing.assert_array_equal(self_generated_windows(model, **opts), w)
-    # the first windows do not depend on how many are asked for (window j uses fold_in(key, j))
-    np.testing.assert_array_equal(self_generated_windows(model, **{**opts, "num_windows": 2}), w[:2])
+        # fewer windows: the cached sample's first ones, read, not sampled
+        np.testing.assert_array_equal(self_generated_windows(model, **{**opts, "num_windows": 2}), w[:2])
+    # ... which are what sampling them alone gives (window j uses fold_in(key, j), batches of one shape)
+    alone = self_generated_windows(model, **{**opts, "num_windows": 3, "cache_dir": tmp_path / "b"})
+    np.testing.assert_array_equal(alone, w[:3])
+    more = self_generated_windows(model, **{**opts, "num_windows": 7})  # more windows than cached: sampled
+    np.testing.assert_array_equal(more[:5], w)
     changed = self_generated_windows(model, **{**opts, "temperature": 0.5})
     other_weights = jax.tree.map(lambda a: a * 1.01, variables)
     self_generated_windows((CFG, other_weights), **opts)

@@ -198,20 +198,55 @@ def self_generated_windows(model: Any, *, seed: int | jax.Array = 0, num_windows
 
     Stored as ``<cache_dir>/self-<hash>.npy`` (default ``<cache root>/self_text``; see :func:`cache_path`) and read
     back on the next call with the same model, options and seed; a damaged file is regenerated with a warning.
+    Fewer windows than a cached sample of the same model, seed and options are its first windows (no sampling).
     """
     config, variables = _config_and_variables(model)
     _check_sizes(num_windows, seqlen)
     start_id = start_token(model, start)
-    path = cache_path(model, seed=seed, num_windows=num_windows, seqlen=seqlen, temperature=temperature, top_p=top_p,
-                      start=start_id, batch_size=batch_size, cache_dir=cache_dir)
+    options = dict(seed=seed, seqlen=seqlen, temperature=temperature, top_p=top_p, start=start_id,
+                   batch_size=batch_size, cache_dir=cache_dir)
+    path = cache_path(model, num_windows=num_windows, **options)
+    family = cache_path(model, num_windows=0, **options).with_suffix(".json")
     if path.exists() and (windows := _load(path, (num_windows, seqlen), config.vocab_size)) is not None:
+        _remember(family, num_windows, path)
+        return windows
+    if (windows := _prefix_of_larger(family, num_windows, seqlen, config.vocab_size)) is not None:
         return windows
     windows = generate_windows(config, variables, _key(seed), num_windows, seqlen, start_id, temperature, top_p,
                                batch_size, progress)
     buffer = io.BytesIO()
     np.save(buffer, windows, allow_pickle=False)
     write_bytes_atomic(path, buffer.getvalue())
+    _remember(family, num_windows, path)
     return windows
+
+
+# A sample's "family" file (same model, seed and options, any number of windows) lists the cached sizes: window j
+# is drawn with fold_in(key, j) in batches of one compiled shape, so the first N windows of a cached larger sample
+# are exactly the N-window sample, and a calibration-budget study reads one sample instead of drawing several.
+def _family(path: Path) -> dict[str, str]:
+    try:
+        entries = json.loads(path.read_text())
+        return {str(k): str(v) for k, v in entries.items()} if isinstance(entries, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _remember(family: Path, num_windows: int, path: Path) -> None:
+    entries = _family(family)
+    if entries.get(str(num_windows)) != path.name:
+        entries[str(num_windows)] = path.name
+        write_bytes_atomic(family, json.dumps(entries, sort_keys=True).encode())
+
+
+def _prefix_of_larger(family: Path, num_windows: int, seqlen: int, vocab: int) -> np.ndarray | None:
+    for n, name in sorted(((int(n), name) for n, name in _family(family).items() if n.isdigit()), key=lambda e: e[0]):
+        larger = family.parent / name
+        if n > num_windows and larger.exists():
+            windows = _load(larger, (n, seqlen), vocab)
+            if windows is not None:
+                return windows[:num_windows]
+    return None
 
 
 def calibration_windows(model: Any, source: str, seqlen: int, num_windows: int, *, seed: int | jax.Array = 0,
