@@ -1,0 +1,70 @@
+"""Width scaling (the paper's Fig. 12, its CIFAR-10 panel) on CIFAR-10: the paper's MLP (3 × [Linear–BN–ReLU] +
+classifier) at w × its 512 hidden units, ``:w`` or ``:mlp:w`` (the figure's 1×, 2×, 3×; its legend's 4× and 8×
+too), each folded with Fold-AR, Fold-DIR and Fold-R (and Fold-Naive for reference) at channel ratios 0.1–0.7, three
+k-means seeds per point: configs/width_scaling_fmnist.py's sweep at the paper's size.
+
+``:resnet18:w`` is ResNet18 (CIFAR stem) at w × its widths, trained as configs/resnet18_cifar10.py: an extra, not in
+Fig. 12, whose other panel is ResNet50 on CIFAR-100 (configs/resnet50_cifar100.py, ``--config.model.width=2.0``).
+experiments/width_scaling.py (its correlations) and paper_figs/width.py read MLPs only, so ResNet18 widths run as
+plain sweeps, one per width.
+
+Data: a path you provide (not fetchable on these machines). On a GPU:
+
+    python experiments/width_scaling.py --config configs/width_scaling_cifar10.py \
+        --workdir workdirs/width_scaling_cifar10 --widths 1,2,3 --config.data.path=/path/to/cifar-10-batches-py/..
+    python paper_figs/width.py workdirs/width_scaling_cifar10 --out docs/figures/width_scaling_cifar10
+    jaxfold sweep --config configs/width_scaling_cifar10.py:2 --workdir workdirs/width_scaling_cifar10/mlp2x/sweep \
+        --config.data.path=/path/to/cifar-10-batches-py/..
+    jaxfold sweep --config configs/width_scaling_cifar10.py:resnet18:2 \
+        --workdir workdirs/width_scaling_cifar10/resnet18_2x/sweep --config.data.path=/path/to/cifar-10-batches-py/..
+
+(``--widths 1,2,3,4,8`` for the legend's wider MLPs.) Each width trains its checkpoint first when missing:
+workdirs/width_scaling_cifar10/mlp{w}x/checkpoint (the layout experiments/width_scaling.py and paper_figs/width.py
+read), workdirs/width_scaling_cifar10/resnet18_{w}x/checkpoint.
+"""
+
+import ml_collections
+
+from jaxfold.errors import UserError
+from jaxfold.sweep import cv_sweep_section
+
+MODELS = ("mlp", "resnet18")
+BASE = 512  # the MLP's hidden units at 1× (configs/width_scaling_fmnist.py: 128, its CPU reduction)
+# configs/width_scaling_fmnist.py also trains on Fashion-MNIST for 10 epochs, to fit its 4 widths on a 2-core CPU
+
+
+def parse(arg: str | None) -> tuple[str, int]:
+    """``None``, ``w``, ``mlp:w``, ``resnet18:w`` → (model, width multiplier w ≥ 1)."""
+    usage = ("configs/width_scaling_cifar10.py takes :w, :mlp:w or :resnet18:w with a positive integer width "
+             f"multiplier w (e.g. :2, :resnet18:2), got {arg!r}")
+    parts = str(arg or "1").split(":")
+    model = parts.pop(0) if parts[0] in MODELS else "mlp"
+    if len(parts) > 1 or not (parts[0] if parts else "1").isdigit():
+        raise UserError(usage)
+    width = int(parts[0] if parts else 1)
+    if width < 1:
+        raise UserError(usage)
+    return model, width
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    model, width = parse(arg)
+    c = ml_collections.ConfigDict()
+    if model == "mlp":  # as configs/mlp_cifar10.py (its 1×), w × wider
+        c.model = dict(name="mlp", in_channels=3, num_classes=10, width=float(width), image_size=32, hidden=BASE)
+        c.data = dict(name="cifar10", path="", crop_padding=0, hflip=False)
+        c.train = dict(epochs=40, batch_size=128, lr=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4,
+                       warmup_epochs=0.0, seed=0, eval_every=1, eval_batch_size=500)
+    else:  # as configs/resnet18_cifar10.py, w × wider
+        c.model = dict(name="resnet18", stem="cifar", in_channels=3, num_classes=10, width=float(width),
+                       image_size=32)
+        c.data = dict(name="cifar10", path="", crop_padding=4, hflip=True)
+        c.train = dict(epochs=60, batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
+                       warmup_epochs=0.0, seed=0, eval_every=1, eval_batch_size=500)
+    # one checkpoint per model and width, trained by the sweep when missing; the paper's three corrections and
+    # Fold-Naive, the ratios and seeds of configs/width_scaling_fmnist.py (so the two figures compare)
+    name = f"mlp{width}x" if model == "mlp" else f"{model}_{width}x"
+    c.sweep = cv_sweep_section(f"workdirs/width_scaling_cifar10/{name}/checkpoint",
+                               variants=("fold:none", "fold:fold_ar", "fold:fold_dir", "fold:repair"),
+                               ratios=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7), seeds=(0, 1, 2), variance_ratio_at=())
+    return c
