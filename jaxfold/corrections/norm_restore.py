@@ -9,6 +9,14 @@ every merged producer row by mean_i ‖w_i‖ / ‖w̄‖ over its cluster, read
 With unit-norm members the factor is Fold-AR's √(N/(1+(N−1)·E[cos])) exactly. Singletons keep factor 1, so
 k = n is the identity and a fold of duplicated channels stays lossless.
 
+**Measured, it hurts** (SmolLM2-135M, ``recipe_mlp`` at 20 %, first 8 test windows; docs/results.md): plain fold
+585.49, fold + norm_restore 1.26e10 (merged-row factors: median 1.61, max 9.4); after ``act_cluster`` and before
+``refit`` it changes little (67.51 vs 67.02). The variance argument restores the merged neuron's *scale*, not its
+*direction*: under the same isotropic-input assumption the plain mean is already the least-squares scale of the
+merged row for predicting its members (Σ_i ⟨w̄, w_i⟩ / (N‖w̄‖²) = 1), and SmolLM2's merged neurons are nearly
+orthogonal, so restoring their variance mostly amplifies error, which the pre-norm residual stream adds up over
+28 blocks without renormalising it. It is kept as the measured counterpart of Fold-AR, not as a recommendation.
+
 Options: ``producers``, the module names (``mlp/up``, ``attn/v``: suffixes of a producer kernel's path) whose
 merged rows are rescaled; default every producer of every folded group. Rows are rescaled after whatever merge
 the fold used (plain or weighted), so it chains after ``act_cluster`` and before ``refit``.
