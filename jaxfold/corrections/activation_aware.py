@@ -125,22 +125,13 @@ def channel_energy(spec: FoldSpec, widths: Mapping[str, int], energy: Mapping[st
     return out
 
 
-def require_fold(ctx: CorrectionContext, who: str) -> dict[str, np.ndarray]:
-    """The fold's labels; a pruned model (channels mapped to −1) or no labels at all is refused."""
-    labels = ctx.labels
-    if labels is None or any(np.min(lab) < 0 for lab in labels.values() if np.size(lab)):
-        raise UserError(f"{who} corrects a fold (it merges clusters); this compression has no clusters (a pruned "
-                        "model removes channels). Use jaxfold.compress.fold_model(..., correction=…) instead")
-    return labels
-
-
 def _prepare_scaled(ctx: CorrectionContext, who: str) -> tuple[Any, ...]:
     rms = _stats(ctx, who).rms()
     return ctx.variables, ctx.spec, (scale_by_input_rms(ctx.variables, ctx.spec, rms), ctx.spec)
 
 
 def _weighted_merge(ctx: CorrectionContext, who: str) -> dict[str, Any]:
-    labels = require_fold(ctx, who)
+    labels = ctx.require_fold(who)
     prepared = ctx.prepared if ctx.prepared is not None else ctx.variables
     widths = ctx.spec.widths(prepared)
     todo = [g for g in ctx.spec.groups if int(np.max(labels[g.name])) + 1 < widths[g.name]]
@@ -170,7 +161,7 @@ def _prepare_aware(ctx: CorrectionContext) -> tuple[Any, ...]:
                      description="k-means on weights scaled by the calibration RMS of each Dense input feature "
                                  "(Wanda's ‖x‖); plain merge")
 def act_cluster(ctx: CorrectionContext) -> dict[str, Any]:
-    require_fold(ctx, "act_cluster")
+    ctx.require_fold("act_cluster")
     return ctx.folded  # type: ignore[return-value]
 
 

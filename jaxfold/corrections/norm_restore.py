@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 from jaxfold import tree as tree_lib
-from jaxfold.corrections.activation_aware import require_fold
 from jaxfold.corrections.registry import CorrectionContext, register_correction
 from jaxfold.errors import UserError
 from jaxfold.placement import on_host, placed_like
@@ -55,7 +54,7 @@ def _wanted(path: str, producers: Any) -> bool:
                      description="data-free: each merged producer row rescaled to its cluster's mean row norm "
                                  "(Fold-AR's variance argument without a BatchNorm)")
 def norm_restore(ctx: CorrectionContext) -> dict[str, Any]:
-    labels = require_fold(ctx, "norm_restore")
+    labels = ctx.require_fold("norm_restore")
     producers = ctx.options.get("producers", "all")
     if isinstance(producers, str) and producers != "all":
         raise UserError(f"norm_restore option producers={producers!r}: give a list of module names such as "
@@ -69,6 +68,7 @@ def norm_restore(ctx: CorrectionContext) -> dict[str, Any]:
         k = int(lab.max()) + 1 if lab.size else 0
         if k == len(lab):
             continue
+        merged_clusters = np.bincount(lab, minlength=k) > 1  # the factors reported (singletons keep 1)
         for m in group.members:
             if m.role != "producer" or not _wanted(m.path, producers):
                 continue
@@ -78,7 +78,7 @@ def norm_restore(ctx: CorrectionContext) -> dict[str, Any]:
             factor = restore_factors(rows, merged, lab)
             scaled = np.asarray(merged, np.float64) * factor[:, None]
             new_flat[m.path] = m.from_channel_first(scaled, merged_kernel.shape, k).astype(merged_kernel.dtype)
-            factors.append(factor[np.bincount(lab, minlength=k) > 1])
+            factors.append(factor[merged_clusters])
     if producers not in (None, "all") and not factors:
         raise UserError(f"norm_restore option producers={list(producers)}: no producer of a folded group matches; "
                         "name modules as in the parameter paths (e.g. 'mlp/up', 'mlp/gate', 'attn/v')")

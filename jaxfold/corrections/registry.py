@@ -55,6 +55,14 @@ class CorrectionContext:
                             "returning batches) or choose a data-free correction (none, fold_ar, fold_dir)")
         return self.data
 
+    def require_fold(self, who: str) -> dict[str, np.ndarray]:
+        """The fold's labels; a pruned model (channels mapped to −1) or no labels at all is refused."""
+        labels = self.labels
+        if labels is None or any(np.min(lab) < 0 for lab in labels.values() if np.size(lab)):
+            raise UserError(f"{who} corrects a fold (it merges clusters); this compression has no clusters (a pruned "
+                            "model removes channels). Use jaxfold.compress.fold_model(..., correction=…) instead")
+        return labels
+
 
 Prepare = Callable[[CorrectionContext], tuple[Any, ...]]  # (variables, spec[, (cluster-on variables, spec)])
 Apply = Callable[[CorrectionContext], dict[str, Any]]

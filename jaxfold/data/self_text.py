@@ -240,7 +240,7 @@ def _remember(family: Path, num_windows: int, path: Path) -> None:
 
 
 def _prefix_of_larger(family: Path, num_windows: int, seqlen: int, vocab: int) -> np.ndarray | None:
-    for n, name in sorted(((int(n), name) for n, name in _family(family).items() if n.isdigit()), key=lambda e: e[0]):
+    for n, name in sorted((int(n), name) for n, name in _family(family).items() if n.isdigit()):
         larger = family.parent / name
         if n > num_windows and larger.exists():
             windows = _load(larger, (n, seqlen), vocab)
