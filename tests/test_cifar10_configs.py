@@ -11,12 +11,10 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from jaxfold import config as config_lib
 from jaxfold import merge_run, merging
-from jaxfold import tree as tree_lib
 from jaxfold.errors import UserError
 from jaxfold.eval.classification import check_model_fits_data
 from jaxfold.fold_run import check_fold_config
@@ -143,18 +141,7 @@ def test_the_runners_accept_cifar10_from_the_data_path(spec, cifar_dir):
         load_data(_load(spec))
 
 
-def _random_variables(cfg, seed):
-    rng = np.random.default_rng(seed)
-
-    def draw(path, leaf):
-        if path.endswith("kernel"):
-            return rng.normal(0, 1 / np.sqrt(np.prod(leaf.shape[:-1])), leaf.shape)
-        return rng.uniform(0.5, 2.0, leaf.shape) if path.endswith(("var", "scale")) else rng.normal(0, 0.2, leaf.shape)
-
-    return tree_lib.map_with_path(lambda p, x: draw(p, x).astype(np.float32), cfg.abstract_variables())
-
-
-def test_merge_config_runs_end_to_end_shrunk(cifar_dir, tmp_path, monkeypatch, capsys):
+def test_merge_config_runs_end_to_end_shrunk(cifar_dir, tmp_path, monkeypatch, capsys, random_variables):
     from jaxfold.cli import main
 
     trained = []
@@ -163,7 +150,7 @@ def test_merge_config_runs_end_to_end_shrunk(cifar_dir, tmp_path, monkeypatch, c
         cfg, data = model_config(config), load_data(config)
         check_model_fits_data(cfg, data)
         trained.append((config.train.epochs, tuple(config.data.classes)))
-        checkpoint.save(workdir / "checkpoint", _random_variables(cfg, len(trained)), cfg)
+        checkpoint.save(workdir / "checkpoint", random_variables(cfg, len(trained)), cfg)
 
     monkeypatch.setattr("jaxfold.train.train", save_endpoint)
     args = ["merge", "--config", MERGE, "--workdir", str(tmp_path / "w"), f"--config.data.path={cifar_dir}",
