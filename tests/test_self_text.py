@@ -91,6 +91,7 @@ def test_sample_argument_errors(variables):
 
 def test_windows_shape_ids_and_disk_cache_round_trip(variables, tmp_path, monkeypatch):
     model = (CFG, variables)
+    draw = self_text.generate_windows
     opts = dict(seed=0, num_windows=5, seqlen=12, start=4, batch_size=2, cache_dir=tmp_path)
     w = self_generated_windows(model, **opts)
     assert w.shape == (5, 12) and w.dtype == np.int32
@@ -109,12 +110,25 @@ def test_windows_shape_ids_and_disk_cache_round_trip(variables, tmp_path, monkey
     # ... which are what sampling them alone gives (window j uses fold_in(key, j), batches of one shape)
     alone = self_generated_windows(model, **{**opts, "num_windows": 3, "cache_dir": tmp_path / "b"})
     np.testing.assert_array_equal(alone, w[:3])
-    more = self_generated_windows(model, **{**opts, "num_windows": 7})  # more windows than cached: sampled
-    np.testing.assert_array_equal(more[:5], w)
+    # more windows than cached: only the two beyond the cached five are sampled, and the whole equals sampling seven
+    sampled = []
+    with monkeypatch.context() as m:
+        m.setattr(self_text, "generate_windows", lambda *a, **k: sampled.append((a[3], k["first"])) or
+                  draw(*a, **k))
+        more = self_generated_windows(model, **{**opts, "num_windows": 7})
+    assert sampled == [(2, 5)]
+    np.testing.assert_array_equal(more, self_generated_windows(model, **{**opts, "num_windows": 7,
+                                                                         "cache_dir": tmp_path / "c"}))
+    # the next request extends the largest cached sample (seven), not the first one
+    with monkeypatch.context() as m:
+        m.setattr(self_text, "generate_windows", lambda *a, **k: sampled.append((a[3], k["first"])) or
+                  draw(*a, **k))
+        np.testing.assert_array_equal(self_generated_windows(model, **{**opts, "num_windows": 8})[:7], more)
+    assert sampled == [(2, 5), (1, 7)]
     changed = self_generated_windows(model, **{**opts, "temperature": 0.5})
     other_weights = jax.tree.map(lambda a: a * 1.01, variables)
     self_generated_windows((CFG, other_weights), **opts)
-    assert len(list(tmp_path.glob("self-*.npy"))) == 4 and not np.array_equal(changed, w)
+    assert len(list(tmp_path.glob("self-*.npy"))) == 5 and not np.array_equal(changed, w)
     files[0].write_bytes(b"not a numpy file")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

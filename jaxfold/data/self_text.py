@@ -126,10 +126,10 @@ def _key(seed: int | jax.Array) -> jax.Array:
 
 def generate_windows(config: Any, variables: Any, key: jax.Array, num_windows: int, seqlen: int, start_id: int,
                      temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 16,
-                     progress: bool = False) -> np.ndarray:
+                     progress: bool = False, first: int = 0) -> np.ndarray:
     """``(num_windows, seqlen)`` int32: ``start_id`` followed by ``seqlen − 1`` sampled tokens per window, window j
-    drawn with ``fold_in(key, j)`` (so it does not depend on which batch it is in). Uncached; see
-    :func:`self_generated_windows`.
+    drawn with ``fold_in(key, first + j)`` (so it does not depend on which batch it is in, and windows ``first`` on
+    of a larger sample can be drawn alone). Uncached; see :func:`self_generated_windows`.
 
     End-of-sequence is not special: a window that samples EOS goes on sampling after it, as the model continues
     past a document boundary in its packed pretraining sequences. Every window is then full-length with one
@@ -143,7 +143,10 @@ def generate_windows(config: Any, variables: Any, key: jax.Array, num_windows: i
         raise UserError(f"batch_size must be an integer ≥ 1, got {batch_size!r}")
     batch = min(int(batch_size), num_windows)
     variables = jax.device_put(variables)  # once, not with every batch
-    row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, jnp.arange(-(-num_windows // batch) * batch))
+    if not isinstance(first, int | np.integer) or isinstance(first, bool) or first < 0:
+        raise UserError(f"first must be an integer ≥ 0, got {first!r}")
+    rows = jnp.arange(-(-num_windows // batch) * batch) + int(first)
+    row_keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, rows)
     prompt = np.full((batch, 1), start_id, np.int32)
     starts = range(0, num_windows, batch)
     if progress:
@@ -198,7 +201,8 @@ def self_generated_windows(model: Any, *, seed: int | jax.Array = 0, num_windows
 
     Stored as ``<cache_dir>/self-<hash>.npy`` (default ``<cache root>/self_text``; see :func:`cache_path`) and read
     back on the next call with the same model, options and seed; a damaged file is regenerated with a warning.
-    Fewer windows than a cached sample of the same model, seed and options are its first windows (no sampling).
+    Fewer windows than a cached sample of the same model, seed and options are its first windows (no sampling);
+    more windows than one extend the largest such sample (only the windows beyond it are sampled).
     """
     config, variables = _config_and_variables(model)
     _check_sizes(num_windows, seqlen)
@@ -212,8 +216,10 @@ def self_generated_windows(model: Any, *, seed: int | jax.Array = 0, num_windows
         return windows
     if (windows := _prefix_of_larger(family, num_windows, seqlen, config.vocab_size)) is not None:
         return windows
-    windows = generate_windows(config, variables, _key(seed), num_windows, seqlen, start_id, temperature, top_p,
-                               batch_size, progress)
+    cached = _largest_smaller(family, num_windows, seqlen, config.vocab_size)
+    fresh = generate_windows(config, variables, _key(seed), num_windows - len(cached), seqlen, start_id, temperature,
+                             top_p, batch_size, progress, first=len(cached))
+    windows = np.concatenate([cached, fresh])
     buffer = io.BytesIO()
     np.save(buffer, windows, allow_pickle=False)
     write_bytes_atomic(path, buffer.getvalue())
@@ -239,14 +245,25 @@ def _remember(family: Path, num_windows: int, path: Path) -> None:
         write_bytes_atomic(family, json.dumps(entries, sort_keys=True).encode())
 
 
+def _cached_sizes(family: Path) -> list[tuple[int, Path]]:
+    return sorted((int(n), family.parent / name) for n, name in _family(family).items() if n.isdigit())
+
+
 def _prefix_of_larger(family: Path, num_windows: int, seqlen: int, vocab: int) -> np.ndarray | None:
-    for n, name in sorted((int(n), name) for n, name in _family(family).items() if n.isdigit()):
-        larger = family.parent / name
+    for n, larger in _cached_sizes(family):
         if n > num_windows and larger.exists():
             windows = _load(larger, (n, seqlen), vocab)
             if windows is not None:
                 return windows[:num_windows]
     return None
+
+
+def _largest_smaller(family: Path, num_windows: int, seqlen: int, vocab: int) -> np.ndarray:
+    """The largest readable cached sample of fewer windows (its windows are the first ones of this one), or none."""
+    for n, smaller in reversed(_cached_sizes(family)):
+        if n < num_windows and smaller.exists() and (windows := _load(smaller, (n, seqlen), vocab)) is not None:
+            return windows
+    return np.zeros((0, seqlen), np.int32)
 
 
 def calibration_windows(model: Any, source: str, seqlen: int, num_windows: int, *, seed: int | jax.Array = 0,
