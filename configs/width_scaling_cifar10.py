@@ -5,8 +5,7 @@ k-means seeds per point: configs/width_scaling_fmnist.py's sweep at the paper's 
 
 ``:resnet18:w`` is ResNet18 (CIFAR stem) at w × its widths, trained as configs/resnet18_cifar10.py: an extra, not in
 Fig. 12, whose other panel is ResNet50 on CIFAR-100 (configs/resnet50_cifar100.py, ``--config.model.width=2.0``).
-experiments/width_scaling.py (its correlations) and paper_figs/width.py read MLPs only, so ResNet18 widths run as
-plain sweeps, one per width.
+experiments/width_scaling.py and paper_figs/width.py take ``--model resnet18`` for these widths.
 
 Data: a path you provide (not fetchable on these machines). On a GPU:
 
@@ -23,28 +22,30 @@ workdirs/width_scaling_cifar10/mlp{w}x/checkpoint (the layout experiments/width_
 read), workdirs/width_scaling_cifar10/resnet18_{w}x/checkpoint.
 """
 
+import importlib.util
+from pathlib import Path
+
 import ml_collections
 
-from jaxfold.errors import UserError
 from jaxfold.sweep import cv_sweep_section
 
-MODELS = ("mlp", "resnet18")
+
+def _stand_in():
+    """configs/width_scaling_fmnist.py (configs are files, not a package): its argument parser and run names."""
+    spec = importlib.util.spec_from_file_location("width_scaling_fmnist",
+                                                  Path(__file__).with_name("width_scaling_fmnist.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 BASE = 512  # the MLP's hidden units at 1× (configs/width_scaling_fmnist.py: 128, its CPU reduction)
 # configs/width_scaling_fmnist.py also trains on Fashion-MNIST for 10 epochs, to fit its 4 widths on a 2-core CPU
 
 
 def parse(arg: str | None) -> tuple[str, int]:
     """``None``, ``w``, ``mlp:w``, ``resnet18:w`` → (model, width multiplier w ≥ 1)."""
-    usage = ("configs/width_scaling_cifar10.py takes :w, :mlp:w or :resnet18:w with a positive integer width "
-             f"multiplier w (e.g. :2, :resnet18:2), got {arg!r}")
-    parts = str(arg or "1").split(":")
-    model = parts.pop(0) if parts[0] in MODELS else "mlp"
-    if len(parts) > 1 or not (parts[0] if parts else "1").isdigit():
-        raise UserError(usage)
-    width = int(parts[0] if parts else 1)
-    if width < 1:
-        raise UserError(usage)
-    return model, width
+    return _stand_in().parse(arg, "configs/width_scaling_cifar10.py")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -63,8 +64,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                        warmup_epochs=0.0, seed=0, eval_every=1, eval_batch_size=500)
     # one checkpoint per model and width, trained by the sweep when missing; the paper's three corrections and
     # Fold-Naive, the ratios and seeds of configs/width_scaling_fmnist.py (so the two figures compare)
-    name = f"mlp{width}x" if model == "mlp" else f"{model}_{width}x"
-    c.sweep = cv_sweep_section(f"workdirs/width_scaling_cifar10/{name}/checkpoint",
+    c.sweep = cv_sweep_section(f"workdirs/width_scaling_cifar10/{_stand_in().run_name(model, width)}/checkpoint",
                                variants=("fold:none", "fold:fold_ar", "fold:fold_dir", "fold:repair"),
                                ratios=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7), seeds=(0, 1, 2), variance_ratio_at=())
     return c

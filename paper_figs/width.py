@@ -34,14 +34,19 @@ except ModuleNotFoundError:  # run as a script (python paper_figs/width.py): its
 
 CORRECTIONS = ("fold:none", "fold:fold_ar", "fold:fold_dir", "fold:repair")  # the row order of figures and tables
 EQUAL_SPARSITY = (0.5, 0.6, 0.7, 0.75)  # parameter sparsities at which the widths are compared in the table
+MAX_HISTOGRAM_LAYERS = 6  # more layers than this: only the per-layer means (one histogram panel per layer is too wide)
 PLACES = {"bn": "BatchNorm output", "relu": "after ReLU", "init_bn": "BN output, untrained"}
 
 
-def load_widths(workdir: Path) -> dict[int, dict]:
-    """Per width multiplier (from ``mlp{w}x``), its sweep records and training log, widths in increasing order."""
+RUN_NAMES = {"mlp": r"mlp(\d+)x", "resnet18": r"resnet18_(\d+)x"}  # a width's folder (experiments/width_scaling.py)
+
+
+def load_widths(workdir: Path, model: str = "mlp") -> dict[int, dict]:
+    """Per width multiplier (from ``mlp{w}x`` or ``resnet18_{w}x``), its sweep records and training log, widths in
+    increasing order."""
     out = {}
-    for d in workdir.glob("mlp*x"):
-        match = re.fullmatch(r"mlp(\d+)x", d.name)
+    for d in workdir.glob("*x"):
+        match = re.fullmatch(RUN_NAMES[model], d.name)
         records = read_results(d / "sweep")
         if match and records:
             log = d / "metrics.jsonl"
@@ -153,6 +158,28 @@ def correlation_plot(correlations: dict[str, dict], title: str) -> bytes:
     return _png(fig)
 
 
+def correlation_by_layer(correlations: dict[str, dict], title: str) -> bytes:
+    """Per place (panels), each layer's mean matched-pair correlation against its depth, one curve per width: the
+    compact view for a network with many layers (ResNet18's 20 BatchNorms)."""
+    widths = sorted(correlations, key=int)
+    places = [p for p in PLACES if p in correlations[widths[0]]]
+    fig, axes = plt.subplots(1, len(places), figsize=(5.0 * len(places), 3.6), sharey=True, squeeze=False,
+                             layout="constrained")
+    colors = plt.cm.viridis(np.linspace(0.0, 0.85, len(widths)))
+    for ax, place in zip(axes[0], places, strict=True):
+        for color, w in zip(colors, widths, strict=True):
+            layers = correlations[w][place]
+            ax.plot(range(len(layers)), [layer["mean"] for layer in layers], "-o", color=color, markersize=3,
+                    label=f"{w}×")
+        names = [layer["layer"] for layer in correlations[widths[0]][place]]
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+        ax.set(title=PLACES[place], ylabel="mean correlation of matched pairs")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{title}: greedily matched channel pairs, per layer")
+    return _png(fig)
+
+
 def _training_row(w: int, run: dict) -> str:
     dense, epochs = _dense(run["records"]), run["epochs"]
     train_s = sum(e["epoch_seconds"] for e in epochs)
@@ -211,12 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("workdir", help="experiments/width_scaling.py's workdir")
     parser.add_argument("--out", required=True, help="output prefix, e.g. docs/figures/width_scaling_fmnist")
+    parser.add_argument("--model", default="mlp", choices=tuple(RUN_NAMES), help="which widths' folders to read")
     parser.add_argument("--title", default="MLP on Fashion-MNIST")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
-    widths = load_widths(workdir)
+    widths = load_widths(workdir, args.model)
     if not widths:
-        print(f"no sweep results under {workdir}/mlp*x/sweep: run experiments/width_scaling.py first", file=sys.stderr)
+        folders = "mlp*x" if args.model == "mlp" else f"{args.model}_*x"
+        print(f"no sweep results under {workdir}/{folders}/sweep: run experiments/width_scaling.py --model "
+              f"{args.model} first", file=sys.stderr)
         return 2
     corr_path = workdir / "correlations.json"
     correlations = json.loads(corr_path.read_text()) if corr_path.exists() else None
@@ -226,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     written = {name("_accuracy.png"): accuracy_by_width(widths, args.title),
                name("_by_correction.png"): accuracy_by_correction(widths, args.title)}
     if correlations:
-        written[name("_correlations.png")] = correlation_plot(correlations, args.title)
+        written[name("_correlations_by_layer.png")] = correlation_by_layer(correlations, args.title)
+        if len(next(iter(correlations.values()))["bn"]) <= MAX_HISTOGRAM_LAYERS:
+            written[name("_correlations.png")] = correlation_plot(correlations, args.title)
     for path, data in written.items():
         write_bytes_atomic(path, data)
     write_text_atomic(name("_table.md"), tables(widths, correlations))

@@ -99,11 +99,26 @@ def test_width_scaling_config_has_the_papers_mlp_and_resnet18_widths():
 def test_width_scaling_config_fits_the_launcher_and_figure_layout(tmp_path):
     from experiments.width_scaling import width_config
 
-    c = width_config(WIDTH, 3, tmp_path, ["--config.data.path=/data/cifar"])
+    name, c = width_config(WIDTH, "mlp", 3, tmp_path, ["--config.data.path=/data/cifar"])
     assert model_config(c).hidden_widths == (1536,) * 3 and c.data.path == "/data/cifar"
-    assert c.sweep.checkpoint == str(tmp_path / "mlp3x" / "checkpoint")
-    name = Path(_load(f"{WIDTH}:3").sweep.checkpoint).parent.name  # paper_figs/width.py reads W/mlp{w}x
-    assert re.fullmatch(r"mlp(\d+)x", name).group(1) == "3"
+    assert name == "mlp3x" and c.sweep.checkpoint == str(tmp_path / "mlp3x" / "checkpoint")
+    name, c = width_config(WIDTH, "resnet18", 2, tmp_path, [])  # paper_figs/width.py --model resnet18 reads these
+    assert name == "resnet18_2x" and model_config(c).stream_widths == (128, 256, 512, 1024)
+    assert re.fullmatch(r"mlp(\d+)x", Path(_load(f"{WIDTH}:3").sweep.checkpoint).parent.name).group(1) == "3"
+
+
+def test_fmnist_width_scaling_resnet18_doubles_from_a_sixteenth_and_2x_is_the_demo_model():
+    fmnist = "configs/width_scaling_fmnist.py"
+    demo = _load("configs/resnet18_fmnist.py:demo")
+    two = _load(f"{fmnist}:resnet18:2")
+    assert model_config(two) == model_config(demo) and two.train.to_dict() == demo.train.to_dict()
+    assert two.data.to_dict() == demo.data.to_dict()
+    assert model_config(_load(f"{fmnist}:resnet18:1")).stream_widths == (4, 8, 16, 32)
+    one = _load(f"{fmnist}:resnet18:1").sweep.to_dict()  # the MLP's sweep, its own checkpoint
+    assert one == {**_load(fmnist).sweep.to_dict(),
+                   "checkpoint": "workdirs/width_scaling_fmnist/resnet18_1x/checkpoint"}
+    with pytest.raises(UserError, match="width_scaling_fmnist.py takes"):
+        config_lib.load(f"{fmnist}:resnet18:0")
 
 
 def test_regularisation_config_is_fmnists_at_full_width_on_the_papers_ratios():

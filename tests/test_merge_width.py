@@ -2,15 +2,12 @@
 paper_figs/merge.py (mean ± std over the pairs, per width and setting)."""
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from experiments import merge_width
 from paper_figs import merge as merge_figs
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
-import merge_width  # noqa: E402  (experiments/ is a folder of scripts, not a package)
 
 
 def test_one_merge_per_width_and_pair_with_the_pairs_seeds(tmp_path, monkeypatch):
