@@ -31,6 +31,7 @@ except ModuleNotFoundError:  # run as a script (python paper_figs/merge.py): its
 TITLES = {"same": "same task", "split": "separate tasks, logits averaged",
           "split_by_task": "separate tasks, heads by task"}
 LABELS = {"folding": "folding", "weight_matching": "weight matching", "zipit": "ZipIt!"}
+PLURALS = {"mlp": "MLPs", "resnet18": "ResNet18s", "vgg11_bn": "VGG11-BNs"}
 COLOURS = {"folding": "C0", "weight_matching": "C1", "zipit": "C2"}
 
 
@@ -80,7 +81,8 @@ def _settings(widths: dict[float, list[dict]]) -> list[str]:
 
 def figure(widths: dict[float, list[dict]], what: str) -> bytes:
     settings = _settings(widths)
-    fig, axes = plt.subplots(1, len(settings), figsize=(4.6 * len(settings), 3.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(settings), figsize=(4.6 * len(settings), 3.8), squeeze=False, sharey=True,
+                             layout="constrained")
     for ax, setting in zip(axes[0], settings, strict=True):
         for name, by_width in _series(widths, setting).items():
             if name.endswith(" Δ"):
@@ -126,9 +128,9 @@ def table(widths: dict[float, list[dict]]) -> str:
 
 
 def describe(widths: dict[float, list[dict]]) -> str:
-    """The model, e.g. ``mlps`` or ``resnet18s``, from the results' model section."""
+    """The models, e.g. ``MLPs`` or ``ResNet18s``, from the results' model section."""
     names = {r["model"]["name"] for pairs in widths.values() for r in pairs}
-    return " / ".join(sorted(names)) + "s"
+    return " / ".join(PLURALS.get(n, f"{n}s") for n in sorted(names))
 
 
 def main(argv: list[str]) -> int:
