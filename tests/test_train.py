@@ -31,8 +31,10 @@ def test_train_step_reduces_loss_on_a_fixed_batch():
 
 
 def _tiny_config(data_path, epochs):
+    """A 32-unit MLP (with BatchNorm) on the fake CIFAR directory: the training loop's contract, compiled in seconds
+    (the zoo's forward passes are tested in test_models)."""
     c = ml_collections.ConfigDict()
-    c.model = dict(name="resnet18", stem="cifar", in_channels=3, num_classes=10, width=0.0625, image_size=32)
+    c.model = dict(name="mlp", in_channels=3, num_classes=10, width=0.0625, image_size=32)
     c.data = dict(name="cifar10", path=str(data_path), crop_padding=4, hflip=True)
     c.train = dict(epochs=epochs, batch_size=40, lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
                    warmup_epochs=0.0, seed=0, eval_every=1, eval_batch_size=50)
@@ -46,7 +48,7 @@ def test_train_writes_checkpoint_and_resumes(tmp_path, capsys, cifar_dir):
     first = train(_tiny_config(data, 1), wd)
     assert 0.0 <= first["accuracy"] <= 1.0 and first["examples"] == 24
     variables, cfg, meta = checkpoint.restore(wd / "checkpoint")
-    assert cfg == models.resnet18(width=0.0625) and meta["epochs"] == 1
+    assert cfg == models.mlp(width=0.0625) and meta["epochs"] == 1
     with open(wd / "metrics.jsonl", "a") as f:  # an epoch-2 line from a run killed before its state was saved
         f.write(json.dumps({"epoch": 2, "step": 999}) + "\n")
     train(_tiny_config(data, 2), wd)  # resumes at epoch 1 instead of starting over
@@ -55,7 +57,8 @@ def test_train_writes_checkpoint_and_resumes(tmp_path, capsys, cifar_dir):
     assert [r["epoch"] for r in records] == [1, 2] and records[1]["step"] == 2 * 3  # the stale line is gone
     restored, _, meta = checkpoint.restore(wd / "checkpoint")
     assert meta["epochs"] == 2
-    assert not np.array_equal(restored["params"]["fc"]["kernel"], variables["params"]["fc"]["kernel"])
+    assert not np.array_equal(restored["params"]["classifier"]["kernel"], variables["params"]["classifier"]["kernel"])
+    assert not np.array_equal(restored["batch_stats"]["bn0"]["mean"], variables["batch_stats"]["bn0"]["mean"])
 
 
 def test_train_rejects_mismatched_model_and_data(tmp_path, cifar_dir):
@@ -78,7 +81,7 @@ def test_cli_data_fetch_unknown(capsys):
 
 
 def test_cli_eval_refuses_model_that_does_not_fit_the_data(tmp_path, capsys, cifar_dir):
-    cfg = models.resnet18(in_channels=3, width=0.0625, image_size=32, num_classes=100)
+    cfg = models.mlp(in_channels=3, width=0.0625, image_size=32, num_classes=100)
     checkpoint.save(tmp_path / "ck", cfg.init(jax.random.key(0)), cfg)
     data = cifar_dir
     code = cli.main(["eval", "--checkpoint", str(tmp_path / "ck"), "--data", "cifar10", "--data-path", str(data)])
