@@ -4,18 +4,23 @@ folding, each followed by REPAIR, against the two endpoints and their ensemble (
 Settings: ``same`` — two seeds trained on all 10 classes; ``split`` — one model on classes 0–4, the other on 5–9,
 each with the full 10-way head (its other classes never targets), the merged head joined by averaging the logits as
 in the same-task case (jaxfold/merge_run.py says why). ``:resnet18`` merges two narrow ResNet18s instead (the
-paper's model, at width 0.0625; slower on a CPU).
+paper's model, at width 0.0625; slower on a CPU), ``:vgg11`` two VGG11-BNs as configs/vgg11_fmnist.py (width 0.25,
+the paper's other merged model), trained 5 epochs.
 
     jaxfold data fetch fashion_mnist
     jaxfold merge --config configs/merge_fmnist.py --workdir workdirs/merge_fmnist
+    jaxfold merge --config configs/merge_fmnist.py:vgg11 --workdir workdirs/merge_fmnist_vgg11
 """
 
 import ml_collections
 
+from jaxfold.errors import UserError
 from jaxfold.merge_run import merge_section
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    if arg not in (None, "", "mlp", "resnet18", "vgg11"):
+        raise UserError(f"configs/merge_fmnist.py takes no argument (the MLP), :resnet18 or :vgg11, got {arg!r}")
     c = ml_collections.ConfigDict()
     # the paper's MLP (3 × [Linear–BN–ReLU] + classifier, 512 wide) on 28 × 28 grey images
     c.model = dict(name="mlp", in_channels=1, num_classes=10, width=1.0, image_size=28)
@@ -29,4 +34,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.crop_padding = 2
         c.train.lr = 0.1
         c.train.epochs = 8
+    if arg == "vgg11":  # as configs/vgg11_fmnist.py (CIFAR head: 1×1 pool, two hidden Linears), 5 epochs
+        c.model = dict(name="vgg11_bn", head="cifar", in_channels=1, num_classes=10, width=0.25, image_size=28)
+        c.data.crop_padding = 2
     return c

@@ -241,3 +241,14 @@ def test_merge_config_mistakes_are_user_errors():
         config = config_lib.load_with_overrides("configs/merge_fmnist.py", [override])
         with pytest.raises(UserError, match=message):
             merge_run.check_merge_config(config)
+
+
+def test_merge_fmnist_vgg11_is_the_vgg11_fmnist_model_and_bad_arguments_are_named():
+    from jaxfold import config as config_lib
+    from jaxfold.train import model_config
+
+    vgg, reference = config_lib.load("configs/merge_fmnist.py:vgg11"), config_lib.load("configs/vgg11_fmnist.py")
+    assert model_config(vgg) == model_config(reference)
+    assert vgg.data.crop_padding == reference.data.crop_padding and vgg.train.epochs == 5
+    with pytest.raises(UserError, match=":resnet18 or :vgg11"):
+        config_lib.load("configs/merge_fmnist.py:vgg16")
