@@ -1,6 +1,7 @@
-"""Activation-aware folding (act_cluster, act_merge, act_aware): the k = n identity, lossless folds of duplicated
-MLP neurons, the input statistics against the model's own intermediates, the weighted merge (equal weights = the
-plain merge, concentrated weights pick their channel, energies from the data), and clear errors."""
+"""Activation-aware folding (act_cluster, act_merge, act_aware, act_select, act_cluster_select): the k = n
+identity, lossless folds of duplicated MLP neurons, the input statistics against the model's own intermediates, the
+weighted merge (equal weights = the plain merge, concentrated weights pick their channel, energies from the data),
+the selected member's exact producers, and clear errors."""
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +11,7 @@ import pytest
 from jaxfold import tree
 from jaxfold.baselines import prune_model
 from jaxfold.compress import correct, fold_model
-from jaxfold.corrections.activation_aware import apply_fn, channel_energy, scale_by_input_rms
+from jaxfold.corrections.activation_aware import apply_fn, channel_energy, scale_by_input_rms, select_strongest
 from jaxfold.errors import UserError
 from jaxfold.input_norms import dense_input_stats
 from jaxfold.merge import duplicate_channels, merge_rows
@@ -20,7 +21,7 @@ from jaxfold.models.llama import llama
 CFG = llama(vocab_size=32, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64,
             max_position_embeddings=64)
 SMALL = CFG.replace(intermediate_sizes=(32, 32))
-CORRECTIONS = ("act_cluster", "act_merge", "act_aware")
+CORRECTIONS = ("act_cluster", "act_merge", "act_aware", "act_select", "act_cluster_select")
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +132,31 @@ def test_act_merge_weights_producers_by_activation_energy(windows, lm_variables)
     assert out.report["calibration_rows"] == 2 * 4 * 16
 
 
+def test_select_strongest_marks_one_member_per_cluster():
+    labels = np.array([2, 0, 2, 1, 0, 2])
+    np.testing.assert_array_equal(select_strongest(labels, [5.0, 1.0, 9.0, 0.0, 3.0, 9.0]), [0, 0, 1, 1, 1, 0])
+
+
+def test_act_select_keeps_the_strongest_member_of_each_cluster(windows, lm_variables):
+    v = lm_variables(CFG)
+    out = fold_model(CFG, v, _mlp_only(32), jax.random.key(3), correction="act_select", data=lambda: windows,
+                     n_init=1)
+    plain = fold_model(CFG, v, _mlp_only(32), jax.random.key(3), correction="none", n_init=1)
+    lab = out.labels["block0.mlp"]
+    np.testing.assert_array_equal(lab, plain.labels["block0.mlp"])  # weight-only clusters
+    spec = CFG.fold_spec()
+    energy = dense_input_stats(apply_fn(CFG), v, _kernel_modules(spec), windows).energy
+    w = channel_energy(spec, spec.widths(v), energy)["block0.mlp"]
+    mlp, p = v["params"]["block_0"]["mlp"], out.variables["params"]["block_0"]["mlp"]
+    for c in range(32):
+        members = np.flatnonzero(lab == c)
+        strongest = members[np.argmax(w[members])]
+        for name in ("gate", "up"):  # a real neuron's producers, exactly
+            np.testing.assert_array_equal(p[name]["kernel"][:, c], mlp[name]["kernel"][:, strongest])
+        np.testing.assert_allclose(p["down"]["kernel"][c], mlp["down"]["kernel"][members].sum(0), rtol=1e-5,
+                                   atol=1e-6)
+
+
 def test_errors(windows, lm_variables):
     v = lm_variables(CFG)
     data = lambda: windows
@@ -148,9 +174,10 @@ def test_errors(windows, lm_variables):
         fold_model(CFG, v, 0.5, jax.random.key(0), correction="act_aware", data=data, n_init=1,
                    correction_options={"alpha": 1.0})
     pruned = prune_model(CFG, v, 0.5)  # fold-only: a pruned model has no clusters
-    with pytest.raises(UserError, match="corrects a fold"):
-        correct(CFG, v, pruned, "act_merge", data=data)
-    for name in ("act_cluster", "act_aware"):
+    for name in ("act_merge", "act_select"):
+        with pytest.raises(UserError, match="corrects a fold"):
+            correct(CFG, v, pruned, name, data=data)
+    for name in ("act_cluster", "act_aware", "act_cluster_select"):
         with pytest.raises(ValueError, match="changes what is clustered"):
             correct(CFG, v, pruned, name, data=data)
     conv = lenet5(width=0.25)  # convolutional consumers

@@ -21,6 +21,10 @@ for an LLM) and fold-only — they need a fold's clusters, so they refuse a prun
   stay summed. The weighted mean is the point minimising Σ_i ‖h_i‖²·‖w_i − w‖² over the cluster, so the members
   that carry the signal move least; a cluster without any energy gets the plain mean.
 * ``act_aware``: both.
+* ``act_select``: the limit of ``act_merge``'s weighting — every cluster's producers are those of its member with
+  the most activation energy (a real neuron, not an average of dissimilar ones), consumers still summed. With a
+  SwiGLU MLP an average of gate rows and an average of up rows make a neuron silu(ḡ)·ū that none of the members
+  computes; a selected member keeps silu(g_i)·u_i exactly. ``act_cluster_select``: with ``act_cluster``'s clusters.
 
 Statistics are those of the original (unfolded) model, read in one pass over the data per step
 (:func:`jaxfold.input_norms.dense_input_stats`, the inputs of every producer and consumer); ``act_aware`` reads the
@@ -130,7 +134,19 @@ def _prepare_scaled(ctx: CorrectionContext, who: str) -> tuple[Any, ...]:
     return ctx.variables, ctx.spec, (scale_by_input_rms(ctx.variables, ctx.spec, rms), ctx.spec)
 
 
-def _weighted_merge(ctx: CorrectionContext, who: str) -> dict[str, Any]:
+def select_strongest(labels: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(n,) weights 1 for the member of each cluster with the largest weight (the first one on ties), 0 otherwise:
+    the weighted merge then takes that member's producers."""
+    labels, weights = np.asarray(labels), np.asarray(weights, np.float64)
+    order = np.lexsort((-weights, labels))  # by cluster, the strongest first
+    first = np.ones(len(order), bool)
+    first[1:] = labels[order][1:] != labels[order][:-1]
+    out = np.zeros(len(labels))
+    out[order[first]] = 1.0
+    return out
+
+
+def _weighted_merge(ctx: CorrectionContext, who: str, select: bool = False) -> dict[str, Any]:
     labels = ctx.require_fold(who)
     prepared = ctx.prepared if ctx.prepared is not None else ctx.variables
     widths = ctx.spec.widths(prepared)
@@ -143,8 +159,8 @@ def _weighted_merge(ctx: CorrectionContext, who: str) -> dict[str, Any]:
     new_flat = dict(flat)
     for group in todo:
         lab = np.asarray(labels[group.name])
-        new_flat = merge_group(new_flat, group, lab, widths[group.name], int(lab.max()) + 1,
-                               weights=weights[group.name])
+        w = select_strongest(lab, weights[group.name]) if select else weights[group.name]
+        new_flat = merge_group(new_flat, group, lab, widths[group.name], int(lab.max()) + 1, weights=w)
     ctx.notes["calibration_rows"] = max(stats.rows.values())
     return placed_like(prepared, new_flat, flat)
 
@@ -155,6 +171,10 @@ def _prepare_cluster(ctx: CorrectionContext) -> tuple[Any, ...]:
 
 def _prepare_aware(ctx: CorrectionContext) -> tuple[Any, ...]:
     return _prepare_scaled(ctx, "act_aware")
+
+
+def _prepare_cluster_select(ctx: CorrectionContext) -> tuple[Any, ...]:
+    return _prepare_scaled(ctx, "act_cluster_select")
 
 
 @register_correction("act_cluster", inputs="tokens", prepare=_prepare_cluster, data_free=False,
@@ -175,3 +195,16 @@ def act_merge(ctx: CorrectionContext) -> dict[str, Any]:
                      description="act_cluster's activation-scaled clusters and act_merge's energy-weighted merge")
 def act_aware(ctx: CorrectionContext) -> dict[str, Any]:
     return _weighted_merge(ctx, "act_aware")
+
+
+@register_correction("act_select", inputs="tokens", data_free=False,
+                     description="weight-only clusters; each cluster's producers are its highest-energy member's")
+def act_select(ctx: CorrectionContext) -> dict[str, Any]:
+    return _weighted_merge(ctx, "act_select", select=True)
+
+
+@register_correction("act_cluster_select", inputs="tokens", prepare=_prepare_cluster_select, data_free=False,
+                     description="act_cluster's activation-scaled clusters, each cluster's producers its "
+                                 "highest-energy member's")
+def act_cluster_select(ctx: CorrectionContext) -> dict[str, Any]:
+    return _weighted_merge(ctx, "act_cluster_select", select=True)
