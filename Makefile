@@ -40,7 +40,7 @@ lint: install-dev
 test: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/jaxfold data fetch fashion_mnist mnist smollm2 shakespeare
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
