@@ -18,11 +18,11 @@ Data: a path you provide (not fetchable on these machines). On a GPU:
 Each trains its checkpoint first when missing (workdirs/regularisation_cifar10/<arg>/checkpoint).
 """
 
-import importlib.util
 from pathlib import Path
 
 import ml_collections
 
+from jaxfold import config as config_lib
 from jaxfold.errors import UserError
 from jaxfold.fold_run import cv_fold_section
 from jaxfold.sweep import PAPER_CV_RATIOS, cv_sweep_section
@@ -30,11 +30,7 @@ from jaxfold.sweep import PAPER_CV_RATIOS, cv_sweep_section
 
 def _stand_in():
     """configs/regularisation_fmnist.py (configs are files, not a package): its penalties and variants are these."""
-    spec = importlib.util.spec_from_file_location("regularisation_fmnist",
-                                                  Path(__file__).with_name("regularisation_fmnist.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return config_lib.load_module(Path(__file__).with_name("regularisation_fmnist.py"))
 
 
 # What the CPU stand-in reduces beyond what its docstring says: three channel ratios (0.25 / 0.5 / 0.75) instead

@@ -17,19 +17,16 @@ on either calibration, the best data-free fold and Wanda-sp + refit without exte
 those rows at 20 % (``recipe_mlp``) on every test window (use its own ``--workdir``: the evaluation text differs).
 """
 
-import importlib.util
 from pathlib import Path
 
 import ml_collections
 
+from jaxfold import config as config_lib
+
 
 def _base_config() -> ml_collections.ConfigDict:
     """configs/smollm2_shakespeare.py's model, texts and folding settings (configs are files, not a package)."""
-    path = Path(__file__).with_name("smollm2_shakespeare.py")
-    spec = importlib.util.spec_from_file_location("smollm2_shakespeare", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return config_lib.load_module(Path(__file__).with_name("smollm2_shakespeare.py")).get_config()
 
 
 # (method, corrections): every compression with and without the corrections; Wanda-sp reads calibration itself.

@@ -22,21 +22,17 @@ workdirs/width_scaling_cifar10/mlp{w}x/checkpoint (the layout experiments/width_
 read), workdirs/width_scaling_cifar10/resnet18_{w}x/checkpoint.
 """
 
-import importlib.util
 from pathlib import Path
 
 import ml_collections
 
+from jaxfold import config as config_lib
 from jaxfold.sweep import cv_sweep_section
 
 
 def _stand_in():
     """configs/width_scaling_fmnist.py (configs are files, not a package): its argument parser and run names."""
-    spec = importlib.util.spec_from_file_location("width_scaling_fmnist",
-                                                  Path(__file__).with_name("width_scaling_fmnist.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return config_lib.load_module(Path(__file__).with_name("width_scaling_fmnist.py"))
 
 
 BASE = 512  # the MLP's hidden units at 1× (configs/width_scaling_fmnist.py: 128, its CPU reduction)

@@ -18,15 +18,22 @@ import ml_collections
 from jaxfold.errors import MissingFile, UserError
 
 
-def load(spec: str) -> ml_collections.ConfigDict:
-    """Load ``path.py`` or ``path.py:arg`` and call its ``get_config``."""
-    path, _, arg = spec.partition(":")
+def load_module(path: str | Path) -> Any:
+    """The config file at ``path`` as a module (configs are files, not a package): how a config builds on a
+    sibling, e.g. ``load_module(Path(__file__).with_name("resnet18_fmnist.py")).get_config()``."""
     file = Path(path)
     if not file.is_file():
         raise MissingFile(f"config file {path} does not exist (configs live in configs/*.py)")
     module_spec = importlib.util.spec_from_file_location(f"jaxfold_config_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
+    return module
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+    """Load ``path.py`` or ``path.py:arg`` and call its ``get_config``."""
+    path, _, arg = spec.partition(":")
+    module = load_module(path)
     if not hasattr(module, "get_config"):
         raise UserError(f"config file {path} defines no get_config()")
     config = module.get_config(arg) if arg else module.get_config()

@@ -59,3 +59,20 @@ def test_bad_overrides_fail_with_valid_keys():
         config_lib.load_with_overrides(path, ["--config.train.epochs"])
     with pytest.raises(FileNotFoundError, match="does not exist"):
         config_lib.load("configs/nope.py")
+
+
+def test_load_module_gives_a_config_file_as_a_module_for_its_siblings(tmp_path):
+    from jaxfold.errors import MissingFile
+
+    base = tmp_path / "base.py"
+    base.write_text("import ml_collections\nWIDTH = 3\n"
+                    "def get_config(arg=None):\n    return ml_collections.ConfigDict({'w': WIDTH, 'arg': arg})\n")
+    (tmp_path / "child.py").write_text(
+        "from pathlib import Path\nfrom jaxfold import config as config_lib\n"
+        "def get_config(arg=None):\n"
+        "    c = config_lib.load_module(Path(__file__).with_name('base.py')).get_config('from-child')\n"
+        "    c.w *= 2\n    return c\n")
+    assert config_lib.load_module(base).WIDTH == 3
+    assert config_lib.load(str(tmp_path / "child.py")).to_dict() == {"w": 6, "arg": "from-child"}
+    with pytest.raises(MissingFile, match="does not exist"):
+        config_lib.load_module(tmp_path / "missing.py")
