@@ -18,27 +18,27 @@ Data: a path you provide (not fetchable on these machines). On a GPU:
 Endpoints are trained and cached under <workdir>/endpoints/, the results in <workdir>/results.json.
 """
 
+from pathlib import Path
+
 import ml_collections
 
+from jaxfold import config as config_lib
 from jaxfold.errors import UserError
 from jaxfold.merge_run import merge_section
 
 # What configs/merge_fmnist.py (the CPU stand-in) reduces: Fashion-MNIST, the MLP or a ResNet18 at width 0.0625,
 # 5–8 epochs and 10,000 REPAIR images, so that four endpoints train and merge in minutes on a 2-core CPU.
 FULL_EPOCH = 50_000  # CIFAR-10's training images
+TRAINED_AS = {"resnet18": "resnet18_cifar10.py", "vgg11": "vgg11_cifar10.py"}  # each endpoint's training config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    if arg not in (None, "", "resnet18", "vgg11"):
+    if arg not in (None, "", *TRAINED_AS):
         raise UserError(f"configs/merge_cifar10.py takes no argument (ResNet18), :resnet18 or :vgg11, got {arg!r}")
+    trained = config_lib.load_module(Path(__file__).with_name(TRAINED_AS[arg or "resnet18"])).get_config()
     c = ml_collections.ConfigDict()
-    c.model = dict(name="resnet18", stem="cifar", in_channels=3, num_classes=10, width=1.0, image_size=32)
+    c.model, c.train = trained.model.to_dict(), trained.train.to_dict()
     # classes: the endpoints' label subsets are set per setting by the merge runner (empty: every class)
-    c.data = dict(name="cifar10", path="", crop_padding=4, hflip=True, classes=())
-    c.train = dict(epochs=60, batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
-                   warmup_epochs=0.0, seed=0, eval_every=1, eval_batch_size=500)
+    c.data = {**trained.data.to_dict(), "classes": ()}
     c.merge = merge_section(repair_examples=FULL_EPOCH)
-    if arg == "vgg11":  # the paper's other merged model: torchvision's VGG11-BN at 10 classes
-        c.model = dict(name="vgg11_bn", head="imagenet", in_channels=3, num_classes=10, width=1.0, image_size=32)
-        c.train.lr = 0.05
     return c

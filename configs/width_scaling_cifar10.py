@@ -47,17 +47,12 @@ def parse(arg: str | None) -> tuple[str, int]:
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     model, width = parse(arg)
     c = ml_collections.ConfigDict()
-    if model == "mlp":  # as configs/mlp_cifar10.py (its 1×), w × wider
-        c.model = dict(name="mlp", in_channels=3, num_classes=10, width=float(width), image_size=32, hidden=BASE)
-        c.data = dict(name="cifar10", path="", crop_padding=0, hflip=False)
-        c.train = dict(epochs=40, batch_size=128, lr=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4,
-                       warmup_epochs=0.0, seed=0, eval_every=1, eval_batch_size=500)
-    else:  # as configs/resnet18_cifar10.py, w × wider
-        c.model = dict(name="resnet18", stem="cifar", in_channels=3, num_classes=10, width=float(width),
-                       image_size=32)
-        c.data = dict(name="cifar10", path="", crop_padding=4, hflip=True)
-        c.train = dict(epochs=60, batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
-                       warmup_epochs=0.0, seed=0, eval_every=1, eval_batch_size=500)
+    # as configs/mlp_cifar10.py (its 1×) or configs/resnet18_cifar10.py, w × wider
+    trained = config_lib.load_module(Path(__file__).with_name(f"{model}_cifar10.py")).get_config()
+    c.model, c.data, c.train = trained.model.to_dict(), trained.data.to_dict(), trained.train.to_dict()
+    c.model.width = float(width)
+    if model == "mlp":
+        c.model.hidden = BASE
     # one checkpoint per model and width, trained by the sweep when missing; the paper's three corrections and
     # Fold-Naive, the ratios and seeds of configs/width_scaling_fmnist.py (so the two figures compare)
     c.sweep = cv_sweep_section(f"workdirs/width_scaling_cifar10/{_stand_in().run_name(model, width)}/checkpoint",
