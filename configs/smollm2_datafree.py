@@ -30,7 +30,8 @@ def _base_config() -> ml_collections.ConfigDict:
 
 
 # (method, corrections): every compression with and without the corrections; Wanda-sp reads calibration itself.
-# act_cluster = k-means on activation-scaled weights (fold only); refit = consumer refit; norm_tune = RMSNorm scales
+# act_cluster = k-means on activation-scaled weights (fold only); refit = consumer refit; norm_tune = RMSNorm scales;
+# act_cluster_select = act_cluster's clusters, each represented by its highest-energy member (the best data-free fold)
 _ROWS = (("fold", "none"), ("fold", "refit"), ("fold", "act_cluster"), ("fold", "act_cluster+refit"),
          ("fold", "norm_tune"), ("fold", "refit+norm_tune"), ("magnitude", "none"), ("magnitude", "refit"),
          ("wanda_sp", "none"), ("wanda_sp", "refit"))
@@ -41,12 +42,13 @@ _CORE = (("fold", "none"), ("fold", "refit"), ("fold", "act_cluster"), ("fold", 
 
 # the other columns (`:extend`): (method, corrections, calibrations)
 _EXTEND = (("fold", "none"), ("magnitude", "none"), ("wanda_sp", "none"), ("fold", "act_cluster+refit", ("self",)),
-           ("wanda_sp", "refit", ("self",)))
+           ("wanda_sp", "refit", ("self",)), ("fold", "act_cluster_select+refit", ("self",)))
 
 # the full protocol (`:full`, every test window: ~13 min of evaluation per row on an idle 2-core CPU), in the order
 # that matters: the data-free fold and Wanda-sp on real text first
 _FULL = (("fold", "act_cluster+refit", ("self",)), ("wanda_sp", "none", ("real",)), ("wanda_sp", "none", ("self",)),
-         ("wanda_sp", "refit", ("self",)), ("fold", "none"), ("magnitude", "none"))
+         ("wanda_sp", "refit", ("self",)), ("fold", "none"), ("magnitude", "none"),
+         ("fold", "act_cluster_select+refit", ("self",)))
 
 
 def variants(schedules=("recipe_mlp", "recipe"), rows=_ROWS) -> tuple[str, ...]:
