@@ -5,6 +5,10 @@ each a ``jaxfold merge`` results file); every number is mean ± std over the end
 writes <out>.png (test accuracy against width, one panel per setting: every merge with REPAIR (solid) and without
 (dotted), the endpoints' mean and the ensemble for reference) and <out>_table.md (the same numbers, and each
 merge's gap to its own pair's endpoints).
+
+    python paper_figs/merge.py workdirs/merge_fmnist_vgg11 --out docs/figures/merge_fmnist_vgg11
+on one ``jaxfold merge`` workdir (its ``results.json``) writes <out>_table.md: the paper's Tables 1–2 layout, one row
+per setting (:func:`jaxfold.merge_run.summary`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from jaxfold.files import write_bytes_atomic, write_text_atomic
+from jaxfold.merge_run import RESULTS, summary
 from jaxfold.seed_stats import SeedStats, seed_stats
 
 try:
@@ -135,11 +140,16 @@ def describe(widths: dict[float, list[dict]]) -> str:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("workdir", type=Path)
+    parser.add_argument("workdir", type=Path, help="experiments/merge_width.py's workdir, or one jaxfold merge workdir")
     parser.add_argument("--out", type=Path, required=True, help="output prefix (<out>.png, <out>_table.md)")
     args = parser.parse_args(argv)
-    widths = load_widths(args.workdir)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if (args.workdir / RESULTS).exists():  # one merge run: its table
+        text = summary(json.loads((args.workdir / RESULTS).read_text())) + "\n"
+        write_text_atomic(args.out.with_name(args.out.name + "_table.md"), text)
+        print(text, end="")
+        return 0
+    widths = load_widths(args.workdir)
     write_bytes_atomic(args.out.with_name(args.out.name + ".png"), figure(widths, describe(widths)))
     write_text_atomic(args.out.with_name(args.out.name + "_table.md"), table(widths))
     print(table(widths))

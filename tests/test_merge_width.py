@@ -68,3 +68,11 @@ def test_table_and_figure_average_over_pairs(tmp_path):
 def test_an_empty_workdir_says_what_to_run(tmp_path):
     with pytest.raises(SystemExit, match="merge_width.py"):
         merge_figs.main([str(tmp_path), "--out", str(tmp_path / "f")])
+
+
+def test_one_merge_workdir_gives_its_table(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps(_results(0.9, 0.8, 0.7, 0.6, 0.75)))
+    assert merge_figs.main([str(tmp_path), "--out", str(tmp_path / "t")]) == 0
+    lines = (tmp_path / "t_table.md").read_text().splitlines()
+    assert lines[0] == "| setting | model_a | model_b | ensemble | folding | zipit |"
+    assert lines[2] == "| same | 0.9000 | 0.8000 | 0.8600 | 0.7000 (0.6000) | 0.7500 (0.6500) |"
