@@ -12,8 +12,11 @@ the paper's other merged model), trained 5 epochs.
     jaxfold merge --config configs/merge_fmnist.py:vgg11 --workdir workdirs/merge_fmnist_vgg11
 """
 
+from pathlib import Path
+
 import ml_collections
 
+from jaxfold import config as config_lib
 from jaxfold.errors import UserError
 from jaxfold.merge_run import merge_section
 
@@ -34,7 +37,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data.crop_padding = 2
         c.train.lr = 0.1
         c.train.epochs = 8
-    if arg == "vgg11":  # as configs/vgg11_fmnist.py (CIFAR head: 1×1 pool, two hidden Linears), 5 epochs
-        c.model = dict(name="vgg11_bn", head="cifar", in_channels=1, num_classes=10, width=0.25, image_size=28)
-        c.data.crop_padding = 2
+    if arg == "vgg11":  # configs/vgg11_fmnist.py's model (CIFAR head: 1×1 pool, two hidden Linears) and crops, 5 epochs
+        vgg = config_lib.load_module(Path(__file__).with_name("vgg11_fmnist.py")).get_config()
+        c.model = vgg.model.to_dict()
+        c.data.crop_padding = vgg.data.crop_padding
     return c

@@ -39,13 +39,9 @@ BASE = 512  # the MLP's hidden units at 1× (configs/width_scaling_fmnist.py: 12
 # configs/width_scaling_fmnist.py also trains on Fashion-MNIST for 10 epochs, to fit its 4 widths on a 2-core CPU
 
 
-def parse(arg: str | None) -> tuple[str, int]:
-    """``None``, ``w``, ``mlp:w``, ``resnet18:w`` → (model, width multiplier w ≥ 1)."""
-    return _stand_in().parse(arg, "configs/width_scaling_cifar10.py")
-
-
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    model, width = parse(arg)
+    stand_in = _stand_in()
+    model, width = stand_in.parse(arg, "configs/width_scaling_cifar10.py")
     c = ml_collections.ConfigDict()
     # as configs/mlp_cifar10.py (its 1×) or configs/resnet18_cifar10.py, w × wider
     trained = config_lib.load_module(Path(__file__).with_name(f"{model}_cifar10.py")).get_config()
@@ -55,7 +51,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.model.hidden = BASE
     # one checkpoint per model and width, trained by the sweep when missing; the paper's three corrections and
     # Fold-Naive, the ratios and seeds of configs/width_scaling_fmnist.py (so the two figures compare)
-    c.sweep = cv_sweep_section(f"workdirs/width_scaling_cifar10/{_stand_in().run_name(model, width)}/checkpoint",
+    c.sweep = cv_sweep_section(f"workdirs/width_scaling_cifar10/{stand_in.run_name(model, width)}/checkpoint",
                                variants=("fold:none", "fold:fold_ar", "fold:fold_dir", "fold:repair"),
                                ratios=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7), seeds=(0, 1, 2), variance_ratio_at=())
     return c

@@ -15,8 +15,11 @@ of configs/resnet18_fmnist.py), trained 8 epochs as that config's demo: the same
         --out docs/figures/width_scaling_fmnist_resnet18 --title "ResNet18 on Fashion-MNIST"
 """
 
+from pathlib import Path
+
 import ml_collections
 
+from jaxfold import config as config_lib
 from jaxfold.errors import UserError
 from jaxfold.sweep import cv_sweep_section
 
@@ -53,12 +56,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         c.data = dict(name="fashion_mnist", path="", crop_padding=0, hflip=True)
         c.train = dict(epochs=10, batch_size=128, lr=0.05, momentum=0.9, nesterov=False, weight_decay=5e-4,
                        warmup_epochs=0.0, seed=0, eval_every=1, eval_batch_size=500)
-    else:  # as configs/resnet18_fmnist.py:demo, at w × 1/16 width
-        c.model = dict(name="resnet18", stem="cifar", in_channels=1, num_classes=10, width=RESNET18_BASE * width,
-                       image_size=28)
-        c.data = dict(name="fashion_mnist", path="", crop_padding=2, hflip=True)
-        c.train = dict(epochs=8, batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
-                       warmup_epochs=0.0, seed=0, eval_every=1, eval_batch_size=500)
+    else:  # configs/resnet18_fmnist.py:demo's model, data and training, at w × 1/16 width
+        demo = config_lib.load_module(Path(__file__).with_name("resnet18_fmnist.py")).get_config("demo")
+        c.model, c.data, c.train = demo.model.to_dict(), demo.data.to_dict(), demo.train.to_dict()
+        c.model.width = RESNET18_BASE * width
     # one checkpoint per width, trained by the sweep when missing; the paper's three corrections and Fold-Naive
     c.sweep = cv_sweep_section(f"workdirs/width_scaling_fmnist/{run_name(model, width)}/checkpoint",
                                variants=("fold:none", "fold:fold_ar", "fold:fold_dir", "fold:repair"),

@@ -151,8 +151,9 @@ def main(argv: list[str]) -> int:
         return 0
     widths = load_widths(args.workdir)
     write_bytes_atomic(args.out.with_name(args.out.name + ".png"), figure(widths, describe(widths)))
-    write_text_atomic(args.out.with_name(args.out.name + "_table.md"), table(widths))
-    print(table(widths))
+    text = table(widths)
+    write_text_atomic(args.out.with_name(args.out.name + "_table.md"), text)
+    print(text)
     return 0
 
 
